@@ -1,0 +1,1 @@
+"""Command-line experiments reproducing the paper's benchmarks (``python -m experiments.NAME``)."""

@@ -1,0 +1,63 @@
+"""SpaceNet (Sokar, Mocanu, Pechenizkiy; Neurocomputing 2021) in JAX.
+
+The modules follow the algorithm:
+
+* ``config``       -- the hyper-parameters (one frozen dataclass) and their feasibility checks;
+* ``state``        -- the state pytree: weights, masks (connection owners), Omega, neuron owners;
+* ``allocation``   -- Algorithm 2: select neurons, allocate a task's sparse connections;
+* ``training``     -- Eq. 1-3: the masked train step and the compiled epoch;
+* ``importance``   -- Eq. 4: neuron importance from connection importance;
+* ``rewiring``     -- Algorithm 3 / Eq. 5: drop and grow;
+* ``reservation``  -- Algorithm 4: reserve each task's most important neurons;
+* ``output_layer`` -- store a finished task's output columns, restore them for prediction;
+* ``continual``    -- Algorithm 1: begin, learn and end a task;
+* ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
+* ``data``, ``runner`` -- datasets through tensorflow-datasets, and a whole recorded run.
+"""
+
+from spacenet_jax.allocation import allocate_connections, select_neurons
+from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.continual import (
+    CapacityError,
+    TaskData,
+    begin_task,
+    end_task,
+    learn_task,
+    make_task_data,
+)
+from spacenet_jax.importance import neuron_importance
+from spacenet_jax.network import forward, predict
+from spacenet_jax.output_layer import inference_weights, store_output_weights
+from spacenet_jax.reservation import reserve_neurons
+from spacenet_jax.rewiring import drop_connections, grow_connections, rewire
+from spacenet_jax.state import FREE, SpaceNetState, init_state
+from spacenet_jax.training import train_epoch, train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FREE",
+    "CapacityError",
+    "ConfigError",
+    "SpaceNetConfig",
+    "SpaceNetState",
+    "TaskData",
+    "allocate_connections",
+    "begin_task",
+    "drop_connections",
+    "end_task",
+    "forward",
+    "grow_connections",
+    "inference_weights",
+    "init_state",
+    "learn_task",
+    "make_task_data",
+    "neuron_importance",
+    "predict",
+    "reserve_neurons",
+    "rewire",
+    "select_neurons",
+    "store_output_weights",
+    "train_epoch",
+    "train_step",
+]

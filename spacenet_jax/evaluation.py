@@ -1,0 +1,49 @@
+"""Evaluation without task identity: per-task test accuracy of the single-headed network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.network import predict
+from spacenet_jax.state import SpaceNetState
+
+
+def evaluate_tasks(
+    state: SpaceNetState,
+    config: SpaceNetConfig,
+    images: np.ndarray | jax.Array,
+    labels: np.ndarray,
+    task_example_indices: Sequence[np.ndarray],
+) -> tuple[list[float | None], float]:
+    """Accuracy on each learned task's test examples, and over all of them together.
+
+    The prediction is the argmax over every class learned so far (no task identity), with all
+    stored output columns restored. Tasks not learned yet get ``None``.
+
+    Args:
+      state: after ``state.task`` tasks.
+      images: uint8 ``(N, D)`` test images; labels: ``(N,)``.
+      task_example_indices: per task, the indices of its test examples.
+
+    Returns:
+      ``(per_task, overall)``: per-task accuracies and the accuracy over the learned tasks'
+      examples pooled.
+    """
+    learned = int(state.task)
+    predictions = np.asarray(predict(state, config, images))
+    labels = np.asarray(labels)
+    per_task: list[float | None] = []
+    hits = total = 0
+    for t, index in enumerate(task_example_indices):
+        if t >= learned:
+            per_task.append(None)
+            continue
+        correct = int(np.sum(predictions[index] == labels[index]))
+        per_task.append(correct / len(index))
+        hits += correct
+        total += len(index)
+    return per_task, (hits / total if total else float("nan"))

@@ -1,0 +1,150 @@
+"""Run a whole task sequence for one seed and record what a continual-learning study reports.
+
+The record is plain JSON: the accuracy matrix, final per-task / average / overall accuracy,
+forgetting and backward transfer, connections per task and layer, free neurons per hidden layer
+after each task, and wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from spacenet_jax import metrics
+from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.continual import learn_task, make_task_data
+from spacenet_jax.data import ImageDataset, task_indices
+from spacenet_jax.evaluation import evaluate_tasks
+from spacenet_jax.state import FREE, SpaceNetState, init_state
+
+TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
+
+
+def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
+    """``[task][layer]``: how many connections each task owns in each weight matrix."""
+    counts = []
+    owners = [np.asarray(o) for o in jax.device_get(state.connection_owner)]
+    for t in range(num_tasks):
+        counts.append([int(np.sum(o == t)) for o in owners])
+    return counts
+
+
+def free_neuron_counts(state: SpaceNetState) -> list[int]:
+    """Free (unreserved) neurons per hidden layer."""
+    return [int(np.sum(np.asarray(o) == FREE)) for o in jax.device_get(state.neuron_owner)]
+
+
+def run_task_sequence(
+    config: SpaceNetConfig,
+    dataset: ImageDataset,
+    seed: int,
+    *,
+    benchmark: str = "split_mnist",
+    progress: bool = True,
+    on_task_end: TaskEndCallback | None = None,
+) -> tuple[SpaceNetState, dict[str, Any]]:
+    """Learn ``config.task_classes`` one task after the other on ``dataset``.
+
+    After each task the network is evaluated on the test sets of all tasks learned so far
+    (single-headed, over every class seen), which fills one row of the accuracy matrix.
+
+    Args:
+      config: the SpaceNet configuration (its ``task_classes`` define the tasks).
+      dataset: train and test images (uint8, flattened) and labels.
+      seed: PRNG seed (network initialisation, allocation, shuffling).
+      benchmark: name stored in the record.
+      progress: show a progress bar per epoch (on stderr).
+      on_task_end: called as ``on_task_end(task, state, partial_record)`` after each task.
+
+    Returns:
+      The final state and the run record (see ``results.json`` in the README).
+    """
+    start = time.perf_counter()
+    T = config.num_tasks
+    train_tasks = make_task_data(
+        dataset.train_images,
+        dataset.train_labels,
+        task_indices(dataset.train_labels, config.task_classes),
+        config.batch_size,
+    )
+    test_index = task_indices(dataset.test_labels, config.task_classes)
+    test_images = jax.device_put(dataset.test_images)
+    state = init_state(config, seed)
+
+    acc_matrix: list[list[float | None]] = []
+    overall: list[float] = []
+    free_neurons: list[list[int]] = []
+    task_seconds: list[float] = []
+    bar = tqdm(
+        total=T * config.epochs, desc=f"{benchmark} seed {seed}", disable=not progress,
+        leave=False, dynamic_ncols=True,
+    )
+
+    def on_epoch(task: int, epoch: int, m: Any) -> None:
+        bar.set_postfix_str(
+            f"task {task + 1}/{T} epoch {epoch + 1}/{config.epochs} "
+            f"loss {float(m.loss):.4f} acc {float(m.accuracy):.4f}"
+        )
+        bar.update(1)
+
+    record: dict[str, Any] = {}
+    for t in range(T):
+        task_start = time.perf_counter()
+        state = learn_task(state, config, train_tasks[t], on_epoch=on_epoch)
+        row, pooled = evaluate_tasks(
+            state, config, test_images, dataset.test_labels, test_index
+        )
+        acc_matrix.append(row)
+        overall.append(pooled)
+        free_neurons.append(free_neuron_counts(state))
+        task_seconds.append(time.perf_counter() - task_start)
+        if progress:
+            shown = " ".join(f"{a:.3f}" for a in row if a is not None)
+            bar.write(
+                f"[{benchmark} seed {seed}] task {t + 1}/{T} done in {task_seconds[-1]:.1f}s: "
+                f"accuracy per task {shown} | mean {np.mean(row[: t + 1]):.4f}"
+            )
+        record = _record(
+            benchmark, seed, config, acc_matrix, overall, state, free_neurons,
+            task_seconds, time.perf_counter() - start,
+        )
+        if on_task_end is not None:
+            on_task_end(t, state, record)
+    bar.close()
+    return state, record
+
+
+def _record(
+    benchmark: str,
+    seed: int,
+    config: SpaceNetConfig,
+    acc_rows: list[list[float | None]],
+    overall: list[float],
+    state: SpaceNetState,
+    free_neurons: list[list[int]],
+    task_seconds: list[float],
+    total_seconds: float,
+) -> dict[str, Any]:
+    learned = len(acc_rows)
+    square = [row[:learned] for row in acc_rows]
+    return {
+        "benchmark": benchmark,
+        "seed": seed,
+        "config": config.to_dict(),
+        "tasks_learned": learned,
+        "acc_matrix": [list(row) for row in acc_rows],
+        "final_task_acc": metrics.final_accuracies(square),
+        "final_avg_acc": metrics.average_accuracy(square),
+        "final_overall_acc": overall[-1],
+        "forgetting": metrics.forgetting(square),
+        "avg_forgetting": metrics.average_forgetting(square),
+        "backward_transfer": metrics.backward_transfer(square),
+        "connections_per_task": connection_counts(state, learned),
+        "free_neurons": free_neurons,
+        "seconds": {"total": total_seconds, "per_task": task_seconds},
+    }

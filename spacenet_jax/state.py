@@ -1,0 +1,113 @@
+"""The SpaceNet state: one immutable pytree holding everything that changes during learning.
+
+Layer ``l`` (0-based, ``L = len(layer_sizes) - 1`` weight matrices) maps units ``l`` to units
+``l + 1``; its weight matrix has shape ``(fan_in, fan_out) = (layer_sizes[l], layer_sizes[l+1])``
+and the forward pass is ``x @ W + b``. "Unit layers" are numbered 0 (input) .. L (output); the
+hidden unit layers are 1 .. L-1.
+
+Shapes and dtypes never change from task to task, so none of the jitted functions that take a
+state recompiles when a new task starts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from spacenet_jax.config import SpaceNetConfig
+
+Array = jax.Array
+
+#: Marker in ``connection_owner`` and ``neuron_owner``: the position / neuron belongs to no task.
+FREE = -1
+#: Integer type of the ownership arrays (task ids up to 32767).
+OWNER_DTYPE = jnp.int16
+
+
+@struct.dataclass
+class SpaceNetState:
+    """All mutable quantities of SpaceNet, as a pytree of arrays.
+
+    Attributes (per weight matrix ``l``, shapes ``(fan_in, fan_out)`` unless said otherwise):
+      weights: live weights; exactly zero at every position no task owns. The output layer holds
+        only the current task's connections: finished tasks' output weights live in
+        ``saved_output_weights`` (the paper's ``W_L^saved``).
+      biases: ``(fan_out,)`` per layer.
+      init_weights: the dense initial (Glorot-uniform) draw; a connection allocated to a task takes
+        its value from here, a grown one starts at zero.
+      connection_owner: int16, the task that owns each position, or ``FREE``. The current task's
+        mask is ``connection_owner == task``, earlier tasks' is ``0 <= owner < task``; masks of
+        different tasks cannot overlap by construction.
+      importance: float32, Omega (Eq. 3): accumulated ``|g * delta_w|`` of the current task's
+        connections over the task's steps; reset when a task starts.
+      neuron_owner: per hidden unit layer, int16 ``(n_units,)``: ``FREE`` or the task that
+        reserved the neuron (Algorithm 4).
+      selected: per unit layer 0..L, bool ``(n_units,)``: the current task's selected units (all
+        inputs; ``sel_l`` free hidden neurons; the task's classes at the output).
+      saved_output_weights: ``(fan_in_L, num_classes)``: output columns of finished tasks.
+      task: int32 scalar, index of the task being learned (or next to learn).
+      opt_state: the optax state of the current task's optimiser.
+      rng: uint32 ``(2,)`` PRNG key, advanced by every random operation.
+    """
+
+    weights: tuple[Array, ...]
+    biases: tuple[Array, ...]
+    init_weights: tuple[Array, ...]
+    connection_owner: tuple[Array, ...]
+    importance: tuple[Array, ...]
+    neuron_owner: tuple[Array, ...]
+    selected: tuple[Array, ...]
+    saved_output_weights: Array
+    task: Array
+    opt_state: optax.OptState
+    rng: Array
+
+    @property
+    def params(self) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+        """The trainable parameters ``(weights, biases)``."""
+        return self.weights, self.biases
+
+    def current_masks(self) -> tuple[Array, ...]:
+        """bool ``(fan_in, fan_out)`` per layer: the current task's connections."""
+        return tuple(owner == self.task for owner in self.connection_owner)
+
+
+def make_optimizer(config: SpaceNetConfig) -> optax.GradientTransformation:
+    """Plain SGD (optionally with momentum), as in the paper."""
+    return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+
+
+def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
+    """``seed``: an int (or int array, e.g. under vmap) or a PRNG key of shape (2,).
+
+    A network with no connections, all neurons free, and a fresh dense initial draw.
+
+    Weights are drawn Glorot (Xavier) uniform per layer (kept in ``init_weights``), biases zero.
+    """
+    is_key = hasattr(seed, "shape") and tuple(seed.shape) == (2,)
+    key = seed if is_key else jax.random.PRNGKey(seed)
+    key, *layer_keys = jax.random.split(key, config.num_layers + 1)
+    glorot = jax.nn.initializers.glorot_uniform()
+    shapes = [
+        (config.layer_sizes[i], config.layer_sizes[i + 1]) for i in range(config.num_layers)
+    ]
+    init_weights = tuple(glorot(k, s, jnp.float32) for k, s in zip(layer_keys, shapes, strict=True))
+    weights = tuple(jnp.zeros(s, jnp.float32) for s in shapes)
+    biases = tuple(jnp.zeros((s[1],), jnp.float32) for s in shapes)
+    return SpaceNetState(
+        weights=weights,
+        biases=biases,
+        init_weights=init_weights,
+        connection_owner=tuple(jnp.full(s, FREE, OWNER_DTYPE) for s in shapes),
+        importance=tuple(jnp.zeros(s, jnp.float32) for s in shapes),
+        neuron_owner=tuple(
+            jnp.full((n,), FREE, OWNER_DTYPE) for n in config.layer_sizes[1:-1]
+        ),
+        selected=tuple(jnp.zeros((n,), bool) for n in config.layer_sizes),
+        saved_output_weights=jnp.zeros(shapes[-1], jnp.float32),
+        task=jnp.zeros((), jnp.int32),
+        opt_state=make_optimizer(config).init((weights, biases)),
+        rng=key,
+    )

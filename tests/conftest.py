@@ -1,0 +1,108 @@
+"""Tiny configurations, synthetic data and the invariants every SpaceNet operation must keep."""
+
+from __future__ import annotations
+
+import os
+
+# Keep the tests on the CPU and deterministic on any machine.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+
+from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.data import ImageDataset
+from spacenet_jax.state import FREE, SpaceNetState
+
+TINY = SpaceNetConfig(
+    layer_sizes=(36, 24, 20, 6),
+    task_classes=((0, 1), (2, 3), (4, 5)),
+    connections_per_task=(60, 30, 8),
+    selected_neurons=(8, 7),
+    specific_neurons=(4, 3),
+    rewire_ratio=0.25,
+    learning_rate=0.05,
+    batch_size=16,
+    epochs=3,
+    input_mean=0.5,
+    input_std=0.25,
+)
+
+
+@pytest.fixture
+def tiny_config() -> SpaceNetConfig:
+    return TINY
+
+
+def synthetic_dataset(
+    num_classes: int = 6, dim: int = 36, train_per_class: int = 70, test_per_class: int = 30,
+    seed: int = 0,
+) -> ImageDataset:
+    """Noisy class prototypes as uint8 'images': learnable, but not trivially."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(0, 255, size=(num_classes, dim))
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(num_classes), per_class)
+        noise = rng.normal(0, 60, size=(len(labels), dim))
+        images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+        order = rng.permutation(len(labels))
+        return images[order], labels[order].astype(np.int32)
+
+    train_x, train_y = draw(train_per_class)
+    test_x, test_y = draw(test_per_class)
+    return ImageDataset("synthetic", train_x, train_y, test_x, test_y, num_classes)
+
+
+@pytest.fixture
+def tiny_data() -> ImageDataset:
+    return synthetic_dataset()
+
+
+def host(state: SpaceNetState) -> SpaceNetState:
+    return jax.device_get(state)
+
+
+def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: SpaceNetConfig) -> None:
+    """What no operation may break (the core issue's list), checked between two states."""
+    before, after = host(before), host(after)
+    task = int(before.task)
+    L = config.num_layers
+    for layer in range(L):
+        ob = np.asarray(before.connection_owner[layer])
+        oa = np.asarray(after.connection_owner[layer])
+        earlier = (ob >= 0) & (ob < task)
+        # Masks of different tasks never overlap: earlier tasks' positions keep their owner.
+        np.testing.assert_array_equal(oa[earlier], ob[earlier])
+        # Earlier tasks' weights are bit-identical (output layer: compare the deployed weights).
+        if layer < L - 1:
+            wb, wa = np.asarray(before.weights[layer]), np.asarray(after.weights[layer])
+        else:
+            wb = np.asarray(before.weights[layer]) + np.asarray(before.saved_output_weights)
+            wa = np.asarray(after.weights[layer]) + np.asarray(after.saved_output_weights)
+        assert np.array_equal(wa[earlier], wb[earlier]), f"layer {layer}: earlier weights moved"
+        # No task owns a position -> the live weight there is exactly zero.
+        assert np.all(np.asarray(after.weights[layer])[oa == FREE] == 0.0)
+        # The current task's connections join its selected units, and never a reserved neuron.
+        current = oa == int(after.task)
+        rows, cols = np.nonzero(current)
+        sel_in = np.asarray(after.selected[layer])
+        sel_out = np.asarray(after.selected[layer + 1])
+        if current.any():
+            assert sel_in[rows].all() and sel_out[cols].all(), f"layer {layer}: off selection"
+        if 0 < layer + 1 < L:  # into a hidden neuron
+            reserved_before = np.asarray(before.neuron_owner[layer]) != FREE
+            assert not (current & reserved_before[None, :]).any(), "grew into a reserved neuron"
+    # Output biases of earlier tasks' classes are frozen.
+    earlier_classes = config.class_masks()[:task].any(axis=0)
+    out_before, out_after = np.asarray(before.biases[-1]), np.asarray(after.biases[-1])
+    assert np.array_equal(out_after[earlier_classes], out_before[earlier_classes])
+    for h in range(config.num_hidden):
+        nb, na = np.asarray(before.neuron_owner[h]), np.asarray(after.neuron_owner[h])
+        reserved = nb != FREE
+        # Reserved neurons stay reserved by the same task; their biases are bit-identical.
+        np.testing.assert_array_equal(na[reserved], nb[reserved])
+        assert np.array_equal(
+            np.asarray(after.biases[h])[reserved], np.asarray(before.biases[h])[reserved]
+        )
