@@ -31,10 +31,13 @@ def average_accuracy(acc: Matrix) -> float:
 
 
 def forgetting(acc: Matrix) -> list[float]:
-    """Per task j < T-1: best accuracy ever (after tasks j..T-2) minus the final accuracy."""
+    """Per task j < T-1: best accuracy ever (after any of tasks j..T-1) minus the final one.
+
+    Never negative: a task that only improved has forgetting 0.
+    """
     a = _as_array(acc)
     T = a.shape[0]
-    return [float(np.nanmax(a[j : T - 1, j]) - a[T - 1, j]) for j in range(T - 1)]
+    return [float(np.nanmax(a[j:T, j]) - a[T - 1, j]) for j in range(T - 1)]
 
 
 def average_forgetting(acc: Matrix) -> float:
