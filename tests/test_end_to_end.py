@@ -49,21 +49,35 @@ def test_synthetic_sequence_record():
     json.dumps(record)  # plain JSON
 
 
-def _run_cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
+needs_mnist = pytest.mark.skipif(
+    not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets absent"
+)
+
+
+@pytest.fixture(scope="module")
+def mnist_cache(tmp_path_factory) -> Path:
+    """One dataset cache for this module's subprocesses (tfds prepares MNIST once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(args: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPACENET_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.split_mnist", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
 
 
+def _run_cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
+    return _run(["-m", "experiments.split_mnist", *args], cache)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets absent")
-def test_split_mnist_cli_on_real_mnist_short_schedule(tmp_path):
+@needs_mnist
+def test_split_mnist_cli_on_real_mnist_short_schedule(tmp_path, mnist_cache):
     out = tmp_path / "run"
     result = _run_cli(
         ["--seed", "1", "--epochs", "2", "--data-dir", str(SHARED_DATASETS), "--out", str(out)],
-        tmp_path / "cache",
+        mnist_cache,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final average accuracy" in result.stdout
@@ -80,7 +94,20 @@ def test_split_mnist_cli_on_real_mnist_short_schedule(tmp_path):
     assert payload["summary"]["final_avg_acc"]["n"] == 1
 
 
-@pytest.mark.skipif(not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets absent")
+@pytest.mark.slow
+@needs_mnist
+def test_readme_python_example_runs(mnist_cache):
+    """The README's Python example, as written, trains two tasks on real MNIST."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "learn_task" in code
+    result = _run(["-c", code], mnist_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    per_task = last.split("]")[0].strip("[").split(",")
+    assert len(per_task) == 2 and all(float(a) > 0.5 for a in per_task), last
+
+
 def test_split_mnist_cli_refuses_missing_data(tmp_path):
     result = _run_cli(["--data-dir", str(tmp_path / "nowhere"), "--quiet"], tmp_path / "cache")
     assert result.returncode == 2
