@@ -7,6 +7,7 @@ after each task, and wall-clock seconds.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,17 +81,23 @@ def run_task_sequence(
     overall: list[float] = []
     free_neurons: list[list[int]] = []
     task_seconds: list[float] = []
+    # A live bar on a terminal; one plain line per epoch in logs (CI, nohup, files).
+    interactive = progress and sys.stderr.isatty()
     bar = tqdm(
-        total=T * config.epochs, desc=f"{benchmark} seed {seed}", disable=not progress,
-        leave=False, dynamic_ncols=True,
+        total=T * config.epochs, desc=f"{benchmark} seed {seed}", disable=not interactive,
+        leave=False, dynamic_ncols=True, file=sys.stderr,
     )
 
     def on_epoch(task: int, epoch: int, m: Any) -> None:
-        bar.set_postfix_str(
+        line = (
             f"task {task + 1}/{T} epoch {epoch + 1}/{config.epochs} "
-            f"loss {float(m.loss):.4f} acc {float(m.accuracy):.4f}"
+            f"loss {float(m.loss):.4f} train acc {float(m.accuracy):.4f}"
         )
-        bar.update(1)
+        if interactive:
+            bar.set_postfix_str(line)
+            bar.update(1)
+        elif progress:
+            print(f"[{benchmark} seed {seed}] {line}", file=sys.stderr, flush=True)
 
     record: dict[str, Any] = {}
     for t in range(T):
@@ -107,7 +114,8 @@ def run_task_sequence(
             shown = " ".join(f"{a:.3f}" for a in row if a is not None)
             bar.write(
                 f"[{benchmark} seed {seed}] task {t + 1}/{T} done in {task_seconds[-1]:.1f}s: "
-                f"accuracy per task {shown} | mean {np.mean(row[: t + 1]):.4f}"
+                f"test accuracy per task {shown} | mean {np.mean(row[: t + 1]):.4f}",
+                file=sys.stderr,
             )
         record = _record(
             benchmark, seed, config, acc_matrix, overall, state, free_neurons,
