@@ -163,9 +163,14 @@ def main(benchmark: str, dataset_name: str, description: str, defaults: SpaceNet
     payload: dict[str, Any] = {}
     start = time.perf_counter()
     for seed in seeds:
-        _, record = run_task_sequence(
-            config, dataset, seed, benchmark=benchmark, progress=not args.quiet
-        )
+        try:
+            _, record = run_task_sequence(
+                config, dataset, seed, benchmark=benchmark, progress=not args.quiet
+            )
+        except ConfigError as err:  # CapacityError: found on the device during a task
+            done = f"; the {len(runs)} finished seed(s) are in results.json" if runs else ""
+            print(f"error (seed {seed}): {err}{done}", file=sys.stderr)
+            raise SystemExit(2) from None
         record["method"] = args.method
         runs.append(record)
         payload = {"runs": runs, "summary": summarize_runs(runs)}

@@ -378,3 +378,19 @@ def test_same_seed_same_result(seed):
     b = trained_state(tasks=2, seed=seed)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_capacity_shortfall_found_during_a_task_is_a_clear_error():
+    from spacenet_jax import CapacityError
+
+    # Feasible for one task on paper, but the second task's selected neurons overlap the first
+    # one's, whose 50 connections leave too few free positions between them.
+    config = dataclasses.replace(
+        TINY, layer_sizes=(36, 9, 8, 6), selected_neurons=(8, 7), specific_neurons=(0, 0),
+        connections_per_task=(60, 50, 8), rewire=False, epochs=1,
+    )
+    data = synthetic_dataset()
+    tasks = tasks_for(config, data)
+    state = learn_task(init_state(config, 0), config, tasks[0])
+    with pytest.raises(CapacityError, match=r"task 1, layer 1: only \d+ free positions"):
+        learn_task(state, config, tasks[1])
