@@ -202,12 +202,6 @@ def validate(config: SpaceNetConfig) -> None:
                 )
 
 
-def config_from_overrides(base: SpaceNetConfig, **overrides: object) -> SpaceNetConfig:
-    """A copy of ``base`` with the non-None overrides applied (validated)."""
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(base, **changes)
-
-
 def parse_int_list(text: str | Sequence[int]) -> tuple[int, ...]:
     """'80,80' or [80, 80] -> (80, 80)."""
     if isinstance(text, str):
