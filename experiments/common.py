@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from spacenet_jax import metrics
-from spacenet_jax.config import ConfigError, SpaceNetConfig, parse_int_list
-from spacenet_jax.data import DatasetError, load_dataset
-
-METHODS = {
-    "spacenet": "SpaceNet: adaptive sparse training (drop and grow) + neuron reservation",
-    "static": "Static-SparseNN: the same allocation and reservation, no drop and grow",
-}
+from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig, parse_int_list
+from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -54,7 +49,7 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
         "--seeds", type=parse_seeds, default=None,
         help="several seeds, e.g. 0-9 or 0,3,7 (overrides --seed)",
     )
-    g.add_argument("--method", choices=sorted(METHODS), default="spacenet",
+    g.add_argument("--method", choices=list(METHODS), default=defaults.method,
                    help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     g.add_argument(
         "--data-dir", default=None,
@@ -75,6 +70,8 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
                    help="neurons reserved per task in each hidden layer")
     h.add_argument("--rewire-ratio", type=float, default=defaults.rewire_ratio,
                    help="fraction r of connections dropped and regrown after each epoch")
+    h.add_argument("--replay-per-task", type=int, default=defaults.replay_per_task,
+                   help="rehearsal: training examples kept per earlier task (0: all of them)")
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -90,7 +87,8 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
         selected_neurons=args.selected_neurons,
         specific_neurons=args.specific_neurons,
         rewire_ratio=args.rewire_ratio,
-        rewire=args.method != "static",
+        method=args.method,
+        replay_per_task=args.replay_per_task,
         learning_rate=args.lr,
         momentum=args.momentum,
         batch_size=args.batch_size,
@@ -110,7 +108,11 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, sd and standard error over seeds of the headline metrics."""
     keys = ("final_avg_acc", "final_overall_acc", "avg_forgetting", "backward_transfer")
-    summary: dict[str, Any] = {k: metrics.summarize([r[k] for r in runs]) for k in keys}
+    summary: dict[str, Any] = {
+        # None where the metric does not apply (forgetting of joint training).
+        k: None if any(r[k] is None for r in runs) else metrics.summarize([r[k] for r in runs])
+        for k in keys
+    }
     T = len(runs[0]["final_task_acc"])
     summary["final_task_acc_mean"] = [
         metrics.summarize([r["final_task_acc"][j] for r in runs])["mean"] for j in range(T)
@@ -126,9 +128,10 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.st
     print(f"\n{'seed':>5} {head}   average  overall  forget   seconds", file=file)
     for r in runs:
         cells = " ".join(f"{a:6.3f}" for a in r["final_task_acc"])
+        forget = "    -" if r["avg_forgetting"] is None else f"{r['avg_forgetting']:.3f}"
         print(
             f"{r['seed']:>5} {cells}   {r['final_avg_acc']:.4f}   {r['final_overall_acc']:.4f}"
-            f"   {r['avg_forgetting']:.3f}   {r['seconds']['total']:7.1f}",
+            f"   {forget}   {r['seconds']['total']:7.1f}",
             file=file,
         )
     avg = summary["final_avg_acc"]
@@ -139,46 +142,109 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.st
     )
 
 
+def load_or_exit(dataset_name: str, data_dir: str | None, quiet: bool) -> ImageDataset:
+    """Load a dataset, or print what is wrong with it and exit with status 2."""
+    try:
+        return load_dataset(dataset_name, data_dir, verbose=not quiet)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def read_finished_runs(path: Path, config: SpaceNetConfig, benchmark: str) -> list[dict]:
+    """Runs already in ``path`` (a results.json) for this exact configuration, else ``[]``.
+
+    A file from another configuration or benchmark is refused rather than mixed in.
+    """
+    if not path.exists():
+        return []
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"error: cannot resume from {path}: it is not a results.json ({err}); "
+            f"move it away or choose another --out"
+        ) from None
+    for r in runs:
+        if r.get("benchmark") != benchmark or r.get("config") != json.loads(
+            json.dumps(config.to_dict())
+        ):
+            raise SystemExit(
+                f"error: {path} holds runs of another configuration or benchmark "
+                f"(seed {r.get('seed')}, method {r.get('method')}); move it away, choose "
+                f"another --out, or drop --resume"
+            )
+    return runs
+
+
+def run_seeds(
+    config: SpaceNetConfig,
+    dataset: ImageDataset,
+    seeds: list[int],
+    *,
+    benchmark: str,
+    out: Path | None = None,
+    progress: bool = True,
+    finished: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run every seed (skipping those in ``finished``), rewriting ``out`` after each one.
+
+    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json``. A crash
+    loses at most the seed in progress.
+    """
+    from spacenet_jax.runner import run_task_sequence
+
+    done = {r["seed"]: r for r in finished or []}
+    runs: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {}
+    for seed in seeds:
+        if seed in done:
+            runs.append(done[seed])
+            if progress:
+                print(f"[{benchmark} {config.method} seed {seed}] already in {out}, skipped",
+                      file=sys.stderr)
+        else:
+            try:
+                _, record = run_task_sequence(
+                    config, dataset, seed, benchmark=benchmark, progress=progress
+                )
+            except ConfigError as err:  # CapacityError: found on the device during a task
+                kept = f"; the {len(runs)} finished seed(s) are in {out}" if runs and out else ""
+                print(f"error ({config.method}, seed {seed}): {err}{kept}", file=sys.stderr)
+                raise SystemExit(2) from None
+            runs.append(record)
+        payload = {"runs": runs, "summary": summarize_runs(runs)}
+        payload["summary"].update(benchmark=benchmark, method=config.method)
+        if out is not None:
+            write_json_atomic(out, payload)
+    return payload
+
+
 def main(benchmark: str, dataset_name: str, description: str, defaults: SpaceNetConfig,
          argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags, run every seed, print the table and write ``results.json``."""
-    from spacenet_jax.runner import run_task_sequence
-
     parser = build_parser(description, defaults)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds already in OUT/results.json and run the others")
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args, defaults)
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    if args.out is not None:
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out (the folder whose results.json to continue)")
+    out = args.out / "results.json" if args.out is not None else None
+    finished = read_finished_runs(out, config, benchmark) if args.resume and out else []
+    if out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        dataset = load_dataset(dataset_name, args.data_dir, verbose=not args.quiet)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    dataset = load_or_exit(dataset_name, args.data_dir, args.quiet)
 
-    runs: list[dict[str, Any]] = []
-    payload: dict[str, Any] = {}
     start = time.perf_counter()
-    for seed in seeds:
-        try:
-            _, record = run_task_sequence(
-                config, dataset, seed, benchmark=benchmark, progress=not args.quiet
-            )
-        except ConfigError as err:  # CapacityError: found on the device during a task
-            done = f"; the {len(runs)} finished seed(s) are in results.json" if runs else ""
-            print(f"error (seed {seed}): {err}{done}", file=sys.stderr)
-            raise SystemExit(2) from None
-        record["method"] = args.method
-        runs.append(record)
-        payload = {"runs": runs, "summary": summarize_runs(runs)}
-        payload["summary"].update(benchmark=benchmark, method=args.method)
-        if args.out is not None:
-            write_json_atomic(args.out / "results.json", payload)
-    print_table(runs, payload["summary"])
+    payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
+                        progress=not args.quiet, finished=finished)
+    print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
-    if args.out is not None:
-        print(f"results written to {args.out / 'results.json'}")
+    if out is not None:
+        print(f"results written to {out}")
     return payload

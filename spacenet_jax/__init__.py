@@ -2,7 +2,8 @@
 
 The modules follow the algorithm:
 
-* ``config``       -- the hyper-parameters (one frozen dataclass) and their feasibility checks;
+* ``config``       -- the hyper-parameters (one frozen dataclass), the method (SpaceNet, its
+  Static-SparseNN ablation, SpaceNet-Rehearsal, dense fine-tuning / joint bounds) and checks;
 * ``state``        -- the state pytree: weights, masks (connection owners), Omega, neuron owners;
 * ``allocation``   -- Algorithm 2: select neurons, allocate a task's sparse connections;
 * ``training``     -- Eq. 1-3: the masked train step and the compiled epoch;
@@ -10,13 +11,14 @@ The modules follow the algorithm:
 * ``rewiring``     -- Algorithm 3 / Eq. 5: drop and grow;
 * ``reservation``  -- Algorithm 4: reserve each task's most important neurons;
 * ``output_layer`` -- store a finished task's output columns, restore them for prediction;
+* ``stages``       -- what each training stage sees (rehearsal's replay, joint's pooling);
 * ``continual``    -- Algorithm 1: begin, learn and end a task;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
 * ``data``, ``runner`` -- datasets through tensorflow-datasets, and a whole recorded run.
 """
 
-from spacenet_jax.allocation import allocate_connections, select_neurons
-from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.allocation import allocate_connections, claim_all_connections, select_neurons
+from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig
 from spacenet_jax.continual import (
     CapacityError,
     TaskData,
@@ -30,6 +32,7 @@ from spacenet_jax.network import forward, predict
 from spacenet_jax.output_layer import inference_weights, store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import drop_connections, grow_connections, rewire
+from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
 from spacenet_jax.training import train_epoch, train_step
 
@@ -37,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FREE",
+    "METHODS",
     "CapacityError",
     "ConfigError",
     "SpaceNetConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "TaskData",
     "allocate_connections",
     "begin_task",
+    "claim_all_connections",
     "drop_connections",
     "end_task",
     "forward",
@@ -60,4 +65,5 @@ __all__ = [
     "store_output_weights",
     "train_epoch",
     "train_step",
+    "training_stages",
 ]

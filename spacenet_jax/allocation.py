@@ -5,6 +5,9 @@ For task ``t``, each hidden layer picks ``sel_l`` neurons uniformly at random am
 selected. Then each weight matrix gets ``connections_per_task[l]`` connections drawn uniformly at
 random among the positions that join selected units of consecutive layers and that no task owns.
 An allocated connection takes its value from the dense initial draw (``init_weights``).
+
+The dense baselines (``finetune``, ``joint``) go through the same path with
+``claim_all_connections``: every position and every unit belongs to the current task.
 """
 
 from __future__ import annotations
@@ -92,5 +95,34 @@ def allocate_connections(
         else jnp.zeros((0,), jnp.int32),
         "connection_shortfall": jnp.stack(shortfall),
         "candidate_positions": jnp.stack(candidates_count),
+    }
+    return state, report
+
+
+@partial(jax.jit, static_argnames="config")
+def claim_all_connections(
+    state: SpaceNetState, config: SpaceNetConfig
+) -> tuple[SpaceNetState, dict[str, Array]]:
+    """The dense baselines' "allocation": the current task owns every position and unit.
+
+    Positions no task owned yet (the first task) take their value from ``init_weights``, so the
+    first task starts from the dense Glorot draw and later tasks continue from the trained
+    weights, with nothing frozen. Returns the same ``(state, report)`` as
+    ``allocate_connections``, with zero shortfalls.
+    """
+    task = state.task
+    weights = tuple(
+        jnp.where(owner == FREE, w0, w)
+        for owner, w0, w in zip(
+            state.connection_owner, state.init_weights, state.weights, strict=True
+        )
+    )
+    owners = tuple(jnp.full_like(o, task.astype(o.dtype)) for o in state.connection_owner)
+    selected = tuple(jnp.ones_like(s) for s in state.selected)
+    state = state.replace(weights=weights, connection_owner=owners, selected=selected)
+    report = {
+        "neuron_shortfall": jnp.zeros((config.num_hidden,), jnp.int32),
+        "connection_shortfall": jnp.zeros((config.num_layers,), jnp.int32),
+        "candidate_positions": jnp.asarray([w.size for w in weights], jnp.int32),
     }
     return state, report

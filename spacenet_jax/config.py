@@ -22,6 +22,16 @@ class ConfigError(ValueError):
     """An impossible or inconsistent configuration, found before any training starts."""
 
 
+#: The methods one code path runs (``SpaceNetConfig.method``), and what each one is.
+METHODS: dict[str, str] = {
+    "spacenet": "SpaceNet: sparse allocation, drop and grow, neuron reservation",
+    "static": "Static-SparseNN: SpaceNet's allocation and reservation without drop and grow",
+    "rehearsal": "SpaceNet-Rehearsal: SpaceNet that also replays earlier tasks' training data",
+    "finetune": "dense network of the same shape, trained task after task (lower bound)",
+    "joint": "dense network of the same shape, trained on all tasks' data at once (upper bound)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
     """Static configuration of SpaceNet on an MLP.
@@ -35,7 +45,14 @@ class SpaceNetConfig:
       specific_neurons: neurons reserved per hidden layer after each task (``spec_l^t``).
       rewire_ratio: fraction r of a task's connections dropped and regrown after every epoch but
         the last, in each hidden weight matrix (the output layer is not rewired).
-      rewire: False gives the Static-SparseNN ablation (same allocation, no drop and grow).
+      method: one of ``METHODS``. ``spacenet`` is the paper's method; ``static`` is its
+        Static-SparseNN ablation (no drop and grow); ``rehearsal`` is SpaceNet-Rehearsal (each
+        task also trains on earlier tasks' data, see ``replay_per_task``); ``finetune`` and
+        ``joint`` are a dense network of the same shape trained without any protection, task
+        after task or on all tasks at once (the lower and upper bounds). The dense methods
+        ignore the sparsity settings.
+      replay_per_task: for ``rehearsal``, how many training examples of each earlier task are
+        kept and replayed (0, the default, keeps all of them, as in the paper).
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``.
     """
@@ -46,7 +63,8 @@ class SpaceNetConfig:
     selected_neurons: tuple[int, ...] = (80, 80)
     specific_neurons: tuple[int, ...] = (40, 40)
     rewire_ratio: float = 0.2
-    rewire: bool = True
+    method: str = "spacenet"
+    replay_per_task: int = 0
     learning_rate: float = 0.01
     momentum: float = 0.0
     batch_size: int = 128
@@ -81,6 +99,31 @@ class SpaceNetConfig:
     @property
     def num_classes(self) -> int:
         return self.layer_sizes[-1]
+
+    @property
+    def sparse(self) -> bool:
+        """Tasks get sparse connections and reserve neurons (SpaceNet and its variants)."""
+        return self.method in ("spacenet", "static", "rehearsal")
+
+    @property
+    def rewire(self) -> bool:
+        """Drop and grow after every epoch but the last (adaptive sparse training)."""
+        return self.method in ("spacenet", "rehearsal")
+
+    @property
+    def replay(self) -> bool:
+        """Each task also trains on earlier tasks' data (rehearsal)."""
+        return self.method == "rehearsal"
+
+    @property
+    def joint(self) -> bool:
+        """All tasks are learned in one training stage on their pooled data."""
+        return self.method == "joint"
+
+    @property
+    def num_stages(self) -> int:
+        """Training stages: one per task, or a single one for ``joint``."""
+        return 1 if self.joint else self.num_tasks
 
     @property
     def rewired_layers(self) -> tuple[int, ...]:
@@ -122,6 +165,10 @@ def validate(config: SpaceNetConfig) -> None:
     L = len(sizes) - 1
     if L < 1 or any(n <= 0 for n in sizes):
         _fail(f"layer_sizes must hold at least two positive sizes, got {sizes}")
+    if config.method not in METHODS:
+        _fail(f"unknown method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if config.replay_per_task < 0:
+        _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")
     if len(config.connections_per_task) != L:
         _fail(
             f"connections_per_task has {len(config.connections_per_task)} entries but the "
@@ -161,6 +208,9 @@ def validate(config: SpaceNetConfig) -> None:
             if c in seen:
                 _fail(f"class {c} appears in task {seen[c]} and task {t}: tasks must not overlap")
             seen[c] = t
+
+    if not config.sparse:
+        return  # a dense network: the sparsity settings are not used
 
     # Neurons: before task t, (t * spec) neurons of each hidden layer are reserved.
     T = config.num_tasks

@@ -1,5 +1,11 @@
 """SpaceNet over a task sequence (paper Algorithm 1): begin, train, rewire and end each task.
 
+The baselines run through the same functions, switched by ``config.method`` (static, so each
+method compiles its own specialised code): ``static`` never rewires; ``rehearsal`` keeps every
+finished task's output columns live (frozen, but in the network, so that replayed examples see
+their classes' logits); the dense ``finetune`` and ``joint`` claim every connection for the
+current task and reserve nothing; ``joint`` learns all tasks in one stage.
+
 ``begin_task`` and ``end_task`` are jitted pure functions of the state; ``learn_task`` is the
 host-side loop over epochs (one compiled ``train_epoch`` + ``rewire`` per epoch), which is the
 only place that talks to the host, once per epoch, for progress and capacity checks.
@@ -15,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spacenet_jax.allocation import allocate_connections
+from spacenet_jax.allocation import allocate_connections, claim_all_connections
 from spacenet_jax.config import ConfigError, SpaceNetConfig
 from spacenet_jax.output_layer import store_output_weights
 from spacenet_jax.reservation import reserve_neurons
@@ -34,21 +40,33 @@ class CapacityError(ConfigError):
 def begin_task(
     state: SpaceNetState, config: SpaceNetConfig
 ) -> tuple[SpaceNetState, dict[str, Array]]:
-    """Start task ``state.task``: reset Omega and the optimiser, allocate (Algorithm 2)."""
+    """Start task ``state.task``: reset Omega and the optimiser, allocate (Algorithm 2).
+
+    Returns the state and the allocation report (shortfalls, see ``allocate_connections``).
+    """
     state = state.replace(
         importance=jax.tree.map(jnp.zeros_like, state.importance),
         opt_state=make_optimizer(config).init(state.params),
     )
+    if not config.sparse:
+        return claim_all_connections(state, config)
     return allocate_connections(state, config)
 
 
 @partial(jax.jit, static_argnames="config")
 def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
     """Finish task ``state.task``: reserve neurons (Algorithm 4), store its output columns
-    (Algorithm 1, lines 14-15), and move on to the next task."""
-    state = reserve_neurons(state, config)
-    state = store_output_weights(state, config)
-    return state.replace(task=state.task + 1)
+    (Algorithm 1, lines 14-15), and move on to the next task.
+
+    ``rehearsal`` keeps the output columns live instead of storing them; the dense baselines
+    reserve and store nothing; ``joint`` has learned every task after its single stage.
+    """
+    if config.sparse:
+        state = reserve_neurons(state, config)
+    if config.sparse and not config.replay:
+        state = store_output_weights(state, config)
+    next_task = jnp.asarray(config.num_tasks, jnp.int32) if config.joint else state.task + 1
+    return state.replace(task=next_task)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.continual import learn_task, make_task_data
 from spacenet_jax.data import ImageDataset, task_indices
 from spacenet_jax.evaluation import evaluate_tasks
+from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
 
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
@@ -52,7 +53,9 @@ def run_task_sequence(
     """Learn ``config.task_classes`` one task after the other on ``dataset``.
 
     After each task the network is evaluated on the test sets of all tasks learned so far
-    (single-headed, over every class seen), which fills one row of the accuracy matrix.
+    (single-headed, over every class seen), which fills one row of the accuracy matrix. The
+    method (``config.method``) decides what each stage trains on (``training_stages``); ``joint``
+    has a single stage, after which all tasks are evaluated (a one-row matrix).
 
     Args:
       config: the SpaceNet configuration (its ``task_classes`` define the tasks).
@@ -66,11 +69,12 @@ def run_task_sequence(
       The final state and the run record (see ``results.json`` in the README).
     """
     start = time.perf_counter()
-    T = config.num_tasks
+    stages = config.num_stages
+    unit = "stage" if config.joint else "task"  # joint learns every task in one stage
     train_tasks = make_task_data(
         dataset.train_images,
         dataset.train_labels,
-        task_indices(dataset.train_labels, config.task_classes),
+        training_stages(config, task_indices(dataset.train_labels, config.task_classes), seed),
         config.batch_size,
     )
     test_index = task_indices(dataset.test_labels, config.task_classes)
@@ -83,24 +87,25 @@ def run_task_sequence(
     task_seconds: list[float] = []
     # A live bar on a terminal; one plain line per epoch in logs (CI, nohup, files).
     interactive = progress and sys.stderr.isatty()
+    tag = f"{benchmark} {config.method} seed {seed}"
     bar = tqdm(
-        total=T * config.epochs, desc=f"{benchmark} seed {seed}", disable=not interactive,
+        total=stages * config.epochs, desc=tag, disable=not interactive,
         leave=False, dynamic_ncols=True, file=sys.stderr,
     )
 
     def on_epoch(task: int, epoch: int, m: Any) -> None:
         line = (
-            f"task {task + 1}/{T} epoch {epoch + 1}/{config.epochs} "
+            f"{unit} {task + 1}/{stages} epoch {epoch + 1}/{config.epochs} "
             f"loss {float(m.loss):.4f} train acc {float(m.accuracy):.4f}"
         )
         if interactive:
             bar.set_postfix_str(line)
             bar.update(1)
         elif progress:
-            print(f"[{benchmark} seed {seed}] {line}", file=sys.stderr, flush=True)
+            print(f"[{tag}] {line}", file=sys.stderr, flush=True)
 
     record: dict[str, Any] = {}
-    for t in range(T):
+    for t in range(stages):
         task_start = time.perf_counter()
         state = learn_task(state, config, train_tasks[t], on_epoch=on_epoch)
         row, pooled = evaluate_tasks(
@@ -111,10 +116,12 @@ def run_task_sequence(
         free_neurons.append(free_neuron_counts(state))
         task_seconds.append(time.perf_counter() - task_start)
         if progress:
-            shown = " ".join(f"{a:.3f}" for a in row if a is not None)
+            seen = [a for a in row if a is not None]
+            shown = " ".join(f"{a:.3f}" for a in seen)
             bar.write(
-                f"[{benchmark} seed {seed}] task {t + 1}/{T} done in {task_seconds[-1]:.1f}s: "
-                f"test accuracy per task {shown} | mean {np.mean(row[: t + 1]):.4f}",
+                f"[{tag}] {unit} {t + 1}/{stages} done in "
+                f"{task_seconds[-1]:.1f}s: test accuracy per task {shown} | "
+                f"mean {np.mean(seen):.4f}",
                 file=sys.stderr,
             )
         record = _record(
@@ -138,21 +145,32 @@ def _record(
     task_seconds: list[float],
     total_seconds: float,
 ) -> dict[str, Any]:
-    learned = len(acc_rows)
-    square = [row[:learned] for row in acc_rows]
-    return {
+    learned = int(state.task)
+    final = [float(a) for a in acc_rows[-1][:learned]]
+    record: dict[str, Any] = {
         "benchmark": benchmark,
+        "method": config.method,
         "seed": seed,
         "config": config.to_dict(),
         "tasks_learned": learned,
         "acc_matrix": [list(row) for row in acc_rows],
-        "final_task_acc": metrics.final_accuracies(square),
-        "final_avg_acc": metrics.average_accuracy(square),
+        "final_task_acc": final,
+        "final_avg_acc": float(np.mean(final)),
         "final_overall_acc": overall[-1],
-        "forgetting": metrics.forgetting(square),
-        "avg_forgetting": metrics.average_forgetting(square),
-        "backward_transfer": metrics.backward_transfer(square),
-        "connections_per_task": connection_counts(state, learned),
+        # Joint training has no sequence, hence nothing to forget: these are None.
+        "forgetting": None,
+        "avg_forgetting": None,
+        "backward_transfer": None,
+        "connections_per_task": connection_counts(state, learned) if config.sparse else None,
+        "connections_used": [int(np.sum(np.asarray(o) != FREE)) for o in state.connection_owner],
         "free_neurons": free_neurons,
         "seconds": {"total": total_seconds, "per_task": task_seconds},
     }
+    if not config.joint:
+        square = [row[:learned] for row in acc_rows]
+        record.update(
+            forgetting=metrics.forgetting(square),
+            avg_forgetting=metrics.average_forgetting(square),
+            backward_transfer=metrics.backward_transfer(square),
+        )
+    return record

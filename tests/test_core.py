@@ -358,7 +358,7 @@ def test_no_recompilation_across_tasks():
 
 
 def test_static_sparse_ablation_never_rewires():
-    config = dataclasses.replace(TINY, rewire=False)
+    config = dataclasses.replace(TINY, method="static")
     assert config.rewired_layers == () and set(config.rewire_counts) == {0}
     data = synthetic_dataset()
     state = init_state(config, 0)
@@ -387,7 +387,7 @@ def test_capacity_shortfall_found_during_a_task_is_a_clear_error():
     # one's, whose 50 connections leave too few free positions between them.
     config = dataclasses.replace(
         TINY, layer_sizes=(36, 9, 8, 6), selected_neurons=(8, 7), specific_neurons=(0, 0),
-        connections_per_task=(60, 50, 8), rewire=False, epochs=1,
+        connections_per_task=(60, 50, 8), method="static", epochs=1,
     )
     data = synthetic_dataset()
     tasks = tasks_for(config, data)

@@ -39,7 +39,7 @@ def configs(draw) -> SpaceNetConfig:
         selected_neurons=tuple(selected),
         specific_neurons=tuple(specific),
         rewire_ratio=r,
-        rewire=r > 0,
+        method="spacenet" if r > 0 else "static",
         learning_rate=0.05,
         batch_size=8,
         epochs=2,
