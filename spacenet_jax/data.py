@@ -448,7 +448,7 @@ def _load_with_tfds(name: str, data_dir: pathlib.Path | None, *, verbose: bool) 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow_datasets as tfds
 
-        if not verbose:
+        if not (verbose and sys.stderr.isatty()):  # tfds's bars flood logs and CI output
             tfds.disable_progress_bar()
         if manual is not None:
             config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False)

@@ -33,6 +33,23 @@ def test_backward_transfer():
     assert metrics.backward_transfer(ACC) == pytest.approx((-0.3 + 0.05) / 2)
 
 
+def test_complete_forgetting_of_a_finetuned_network():
+    # Each task learned perfectly, then entirely lost by the next one (class-IL fine-tuning).
+    acc = [[1.0 if j == i else (0.0 if j < i else None) for j in range(4)] for i in range(4)]
+    assert metrics.final_accuracies(acc) == [0.0, 0.0, 0.0, 1.0]
+    assert metrics.average_accuracy(acc) == 0.25
+    assert metrics.forgetting(acc) == [1.0, 1.0, 1.0]
+    assert metrics.average_forgetting(acc) == 1.0
+    assert metrics.backward_transfer(acc) == -1.0
+
+
+def test_perfect_retention_and_positive_backward_transfer():
+    acc = [[0.8, None], [0.9, 0.7]]  # task 0 improved after task 1 was learned
+    assert metrics.forgetting(acc) == [0.0]
+    assert metrics.backward_transfer(acc) == pytest.approx(0.1)
+    assert metrics.average_accuracy(acc) == pytest.approx(0.8)
+
+
 def test_single_task_metrics_are_zero():
     assert metrics.average_forgetting([[0.8]]) == 0.0
     assert metrics.backward_transfer([[0.8]]) == 0.0
