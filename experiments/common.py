@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,22 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
     h = p.add_argument_group("hyper-parameters (defaults: the paper's)")
-    h.add_argument("--hidden", type=parse_int_list, default=defaults.layer_sizes[1:-1],
-                   help="hidden layer sizes, comma separated")
-    h.add_argument("--connections", type=parse_int_list, default=defaults.connections_per_task,
-                   help="connections per task in each weight matrix, comma separated")
-    h.add_argument("--selected-neurons", type=parse_int_list, default=defaults.selected_neurons,
-                   help="selected neurons per task in each hidden layer")
+    if defaults.is_cnn:  # the CNN experiments add --width / --dense and derive the counts
+        h.add_argument("--connections", type=parse_int_list, default=None,
+                       help="connections (kernels for conv layers) per task in each layer, "
+                       "comma separated (default: from --weights-per-task)")
+        h.add_argument("--selected-neurons", type=parse_int_list, default=None,
+                       help="selected feature maps / neurons per task in each hidden layer "
+                       "(default: all free ones, as in the paper)")
+    else:
+        h.add_argument("--hidden", type=parse_int_list, default=defaults.layer_sizes[1:-1],
+                       help="hidden layer sizes, comma separated")
+        h.add_argument("--connections", type=parse_int_list,
+                       default=defaults.connections_per_task,
+                       help="connections per task in each weight matrix, comma separated")
+        h.add_argument("--selected-neurons", type=parse_int_list,
+                       default=defaults.selected_neurons,
+                       help="selected neurons per task in each hidden layer")
     h.add_argument("--specific-neurons", type=parse_int_list, default=defaults.specific_neurons,
                    help="neurons reserved per task in each hidden layer")
     h.add_argument("--rewire-ratio", type=float, default=defaults.rewire_ratio,
@@ -220,15 +231,35 @@ def run_seeds(
     return payload
 
 
-def main(benchmark: str, dataset_name: str, description: str, defaults: SpaceNetConfig,
-         argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse flags, run every seed, print the table and write ``results.json``."""
+def main(
+    benchmark: str,
+    dataset_name: str,
+    description: str,
+    defaults: SpaceNetConfig,
+    argv: list[str] | None = None,
+    *,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    make_config: Callable[[argparse.Namespace, SpaceNetConfig], SpaceNetConfig] | None = None,
+    load: Callable[[str | None, bool], ImageDataset] | None = None,
+) -> dict[str, Any]:
+    """Parse flags, run every seed, print the table and write ``results.json`` and a PNG.
+
+    Args:
+      benchmark: name in the records; dataset_name: for ``load_dataset``.
+      description: ``--help``'s first line; defaults: the paper's configuration.
+      argv: the arguments (default ``sys.argv[1:]``).
+      add_arguments: adds an experiment's own flags to the parser.
+      make_config: ``(args, defaults) -> config`` (default ``config_from_args``).
+      load: ``(data_dir, quiet) -> dataset`` (default: ``load_dataset(dataset_name)``).
+    """
     parser = build_parser(description, defaults)
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds already in OUT/results.json and run the others")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args, defaults)
+        config = (make_config or config_from_args)(args, defaults)
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
@@ -238,7 +269,14 @@ def main(benchmark: str, dataset_name: str, description: str, defaults: SpaceNet
     finished = read_finished_runs(out, config, benchmark) if args.resume and out else []
     if out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    dataset = load_or_exit(dataset_name, args.data_dir, args.quiet)
+    if load is None:
+        dataset = load_or_exit(dataset_name, args.data_dir, args.quiet)
+    else:
+        try:
+            dataset = load(args.data_dir, args.quiet)
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     start = time.perf_counter()
     payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
@@ -246,5 +284,11 @@ def main(benchmark: str, dataset_name: str, description: str, defaults: SpaceNet
     print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
     if out is not None:
-        print(f"results written to {out}")
+        from spacenet_jax.plots import plot_final_task_accuracy
+
+        png = plot_final_task_accuracy(
+            payload["runs"], args.out / "final_task_accuracy.png",
+            title=f"{benchmark} ({config.method}): accuracy on each task after the last",
+        )
+        print(f"results written to {out} and {png}")
     return payload

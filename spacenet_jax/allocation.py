@@ -44,8 +44,23 @@ def random_subset(key: Array, candidates: Array, k: int) -> tuple[Array, Array]:
 
 
 def select_neurons(key: Array, free: Array, k: int) -> tuple[Array, Array]:
-    """``k`` neurons drawn uniformly at random among the free ones (bool ``(n,)`` in and out)."""
+    """``k`` neurons drawn uniformly at random among the free ones (bool ``(n,)`` in and out).
+
+    ``k`` equal to the layer's width selects every free neuron (the paper's CNN setting).
+    """
+    if k >= free.shape[0]:
+        return free, jnp.zeros((), jnp.int32)
     return random_subset(key, free, k)
+
+
+def layer_inputs(values: Array, config: SpaceNetConfig, layer: int) -> Array:
+    """A per-unit array of unit layer ``layer``, one entry per input row of weight layer ``layer``.
+
+    The same array except for the first dense layer of a CNN, whose inputs are the flattened
+    features: each feature takes its feature map's entry (selection, importance).
+    """
+    index = config.input_units(layer)
+    return values if index is None else values[jnp.asarray(index)]
 
 
 @partial(jax.jit, static_argnames="config")
@@ -74,7 +89,8 @@ def allocate_connections(
     weights, owners, shortfall, candidates_count = [], [], [], []
     for layer in range(config.num_layers):
         owner = state.connection_owner[layer]
-        candidates = selected[layer][:, None] & selected[layer + 1][None, :] & (owner == FREE)
+        selected_in = layer_inputs(selected[layer], config, layer)
+        candidates = selected_in[:, None] & selected[layer + 1][None, :] & (owner == FREE)
         new, short = random_subset(
             keys[config.num_layers + layer], candidates, config.connections_per_task[layer]
         )

@@ -34,10 +34,12 @@ METHODS: dict[str, str] = {
 
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
-    """Static configuration of SpaceNet on an MLP.
+    """Static configuration of SpaceNet on an MLP or a CNN.
 
     Attributes:
-      layer_sizes: units per layer, input first, output (all classes of all tasks) last.
+      layer_sizes: units per layer, input first, output (all classes of all tasks) last. In a
+        CNN the first ``conv_layers + 1`` entries are channels / feature maps (the input's
+        channels first), the rest dense neurons.
       task_classes: the classes of each task, in task order (class-incremental split).
       connections_per_task: connections allocated to each task in each weight matrix (L entries
         for L = len(layer_sizes) - 1 weight matrices). Kept constant by drop and grow.
@@ -54,7 +56,20 @@ class SpaceNetConfig:
       replay_per_task: for ``rehearsal``, how many training examples of each earlier task are
         kept and replayed (0, the default, keeps all of them, as in the paper).
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
-      input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``.
+      input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
+        value per channel.
+      image_shape: ``(height, width, channels)`` of the (flattened, HWC) input images for a CNN;
+        empty for an MLP on flat inputs.
+      conv_layers: the first ``conv_layers`` weight layers are ``kernel_size`` x
+        ``kernel_size`` convolutions (Section 5.3). Their unit of connection is a whole kernel
+        between an input and an output feature map: masks, Omega and connection counts are per
+        kernel, ``(in_maps, out_maps)``; neurons are feature maps.
+      kernel_size: convolution kernel size.
+      conv_padding: ``"SAME"`` or ``"VALID"`` per conv layer (empty: all ``"SAME"``).
+      pool_after: conv layers (0-based) followed by a 2x2 max-pool of stride 2.
+
+    ``selected_neurons[h]`` equal to the layer's width selects *every free* neuron (feature map)
+    of that layer, as the paper does for its CNN.
     """
 
     layer_sizes: tuple[int, ...] = (784, 400, 400, 10)
@@ -69,8 +84,13 @@ class SpaceNetConfig:
     momentum: float = 0.0
     batch_size: int = 128
     epochs: int = 4
-    input_mean: float = 0.1307
-    input_std: float = 0.3081
+    input_mean: float | tuple[float, ...] = 0.1307
+    input_std: float | tuple[float, ...] = 0.3081
+    image_shape: tuple[int, ...] = ()
+    conv_layers: int = 0
+    kernel_size: int = 3
+    conv_padding: tuple[str, ...] = ()
+    pool_after: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so that the config stays hashable (jit-static).
@@ -78,8 +98,17 @@ class SpaceNetConfig:
         object.__setattr__(
             self, "task_classes", tuple(tuple(int(c) for c in t) for t in self.task_classes)
         )
-        for name in ("connections_per_task", "selected_neurons", "specific_neurons"):
+        for name in (
+            "connections_per_task", "selected_neurons", "specific_neurons", "image_shape",
+            "pool_after",
+        ):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)):
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        padding = tuple(str(p).upper() for p in self.conv_padding) or ("SAME",) * self.conv_layers
+        object.__setattr__(self, "conv_padding", padding)
         validate(self)
 
     # ---- derived, static quantities -------------------------------------------------------
@@ -99,6 +128,63 @@ class SpaceNetConfig:
     @property
     def num_classes(self) -> int:
         return self.layer_sizes[-1]
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.conv_layers > 0
+
+    def is_conv(self, layer: int) -> bool:
+        """Whether weight layer ``layer`` is a convolution."""
+        return layer < self.conv_layers
+
+    @property
+    def conv_output_shape(self) -> tuple[int, int, int]:
+        """``(height, width, maps)`` after the last conv layer (and its pooling)."""
+        height, width = self.image_shape[0], self.image_shape[1]
+        for layer in range(self.conv_layers):
+            if self.conv_padding[layer] == "VALID":
+                height, width = height - self.kernel_size + 1, width - self.kernel_size + 1
+            if layer in self.pool_after:
+                height, width = height // 2, width // 2
+        return height, width, self.layer_sizes[self.conv_layers]
+
+    def mask_shape(self, layer: int) -> tuple[int, int]:
+        """``(units_in, units_out)`` of a layer's connection arrays (owner, Omega).
+
+        For a conv layer the units are feature maps (one entry per kernel); for the dense layer
+        right after the convolutions the inputs are the flattened features (HWC order).
+        """
+        if self.is_cnn and layer == self.conv_layers:
+            h, w, c = self.conv_output_shape
+            return h * w * c, self.layer_sizes[layer + 1]
+        return self.layer_sizes[layer], self.layer_sizes[layer + 1]
+
+    def weight_shape(self, layer: int) -> tuple[int, ...]:
+        """Shape of a layer's weights: HWIO kernels for conv layers, else the mask shape."""
+        if self.is_conv(layer):
+            k = self.kernel_size
+            return k, k, self.layer_sizes[layer], self.layer_sizes[layer + 1]
+        return self.mask_shape(layer)
+
+    def input_units(self, layer: int) -> np.ndarray | None:
+        """For each input row of ``mask_shape(layer)``, its unit in unit layer ``layer``.
+
+        ``None`` where rows and units coincide; for the first dense layer of a CNN, the feature
+        map of each flattened feature (HWC order: feature ``i`` belongs to map ``i % maps``).
+        """
+        if self.is_cnn and layer == self.conv_layers:
+            rows = self.mask_shape(layer)[0]
+            return np.arange(rows) % self.layer_sizes[layer]
+        return None
+
+    def selects_all(self, hidden: int) -> bool:
+        """Whether every free neuron of hidden layer ``hidden`` (0-based) is selected."""
+        return self.selected_neurons[hidden] >= self.layer_sizes[hidden + 1]
+
+    def positions(self, layer: int) -> int:
+        """Connection positions of a layer (kernels for conv layers)."""
+        rows, cols = self.mask_shape(layer)
+        return rows * cols
 
     @property
     def sparse(self) -> bool:
@@ -189,8 +275,8 @@ def validate(config: SpaceNetConfig) -> None:
         _fail(f"momentum must be in [0, 1), got {config.momentum}")
     if config.batch_size <= 0 or config.epochs <= 0:
         _fail(f"batch_size and epochs must be positive, got {config.batch_size}, {config.epochs}")
-    if config.input_std <= 0:
-        _fail(f"input_std must be positive, got {config.input_std}")
+    _validate_cnn(config)
+    _validate_normalisation(config)
 
     # Classes: in range, non-empty tasks, no class in two tasks.
     if not config.task_classes:
@@ -224,32 +310,94 @@ def validate(config: SpaceNetConfig) -> None:
                 f"={sel} (reserved neurons are chosen among the selected ones)"
             )
         free_at_last = n - (T - 1) * spec
-        if free_at_last < sel:
-            last = (n - sel) // spec if spec else T
+        need = max(spec, 1) if config.selects_all(h) else sel
+        if free_at_last < need:
+            last = (n - need) // spec if spec else T
             _fail(
-                f"hidden layer {h + 1}: task {T - 1} (0-based) needs {sel} free neurons but only "
-                f"{free_at_last} of {n} remain after {T - 1} tasks reserve {spec} each; only "
-                f"{last + 1} tasks fit. Lower specific_neurons or selected_neurons, or widen "
-                f"the layer"
+                f"hidden layer {h + 1}: task {T - 1} (0-based) needs {need} free neurons but "
+                f"only {free_at_last} of {n} remain after {T - 1} tasks reserve {spec} each; "
+                f"only {last + 1} tasks fit. Lower specific_neurons or selected_neurons, or "
+                f"widen the layer"
             )
 
     # Connections: each task's count must fit between its selected neurons, with room to grow.
+    # (An optimistic check: positions earlier tasks took are found, if short, during the run.)
     for layer in range(L):
         count = config.connections_per_task[layer]
         if count <= 0:
             _fail(f"layer {layer}: connections_per_task must be positive, got {count}")
-        fan_in = sizes[0] if layer == 0 else config.selected_neurons[layer - 1]
         for t, classes in enumerate(config.task_classes):
-            fan_out = len(classes) if layer == L - 1 else config.selected_neurons[layer]
+            fan_in = config.mask_shape(0)[0] if layer == 0 else _selected(config, layer - 1, t)
+            if config.input_units(layer) is not None:  # flattened features of the maps
+                h, w, _ = config.conv_output_shape
+                fan_in *= h * w
+            fan_out = len(classes) if layer == L - 1 else _selected(config, layer, t)
             k = config.rewire_counts[layer]
             positions = fan_in * fan_out
             if count + k > positions:
+                unit = "kernels" if config.is_conv(layer) else "connections"
                 _fail(
-                    f"layer {layer}, task {t}: {count} connections (+{k} for regrowth) do not "
+                    f"layer {layer}, task {t}: {count} {unit} (+{k} for regrowth) do not "
                     f"fit in the {positions} positions between {fan_in} and {fan_out} selected "
                     f"units; lower connections_per_task[{layer}] or rewire_ratio, or select "
                     f"more neurons"
                 )
+
+
+def _selected(config: SpaceNetConfig, hidden: int, task: int) -> int:
+    """How many neurons of a hidden layer task ``task`` selects (all free ones, or sel)."""
+    if config.selects_all(hidden):
+        n = config.layer_sizes[hidden + 1]
+        return n - task * config.specific_neurons[hidden]
+    return config.selected_neurons[hidden]
+
+
+def _validate_cnn(config: SpaceNetConfig) -> None:
+    if config.conv_layers < 0 or config.conv_layers >= config.num_layers:
+        _fail(
+            f"conv_layers={config.conv_layers} must be in 0..{config.num_layers - 1} (the "
+            f"output layer is dense)"
+        )
+    if not config.is_cnn:
+        return
+    if len(config.image_shape) != 3 or min(config.image_shape) <= 0:
+        _fail(f"a CNN needs image_shape=(height, width, channels), got {config.image_shape}")
+    if config.image_shape[2] != config.layer_sizes[0]:
+        _fail(
+            f"image_shape has {config.image_shape[2]} channels but layer_sizes[0]="
+            f"{config.layer_sizes[0]}; they must agree"
+        )
+    if config.kernel_size <= 0:
+        _fail(f"kernel_size must be positive, got {config.kernel_size}")
+    if len(config.conv_padding) != config.conv_layers or not set(config.conv_padding) <= {
+        "SAME", "VALID"
+    }:
+        _fail(
+            f"conv_padding must give SAME or VALID for each of the {config.conv_layers} conv "
+            f"layers, got {config.conv_padding}"
+        )
+    if any(not 0 <= p < config.conv_layers for p in config.pool_after):
+        _fail(f"pool_after names conv layers 0..{config.conv_layers - 1}, got {config.pool_after}")
+    h, w, _ = config.conv_output_shape
+    if h <= 0 or w <= 0:
+        _fail(
+            f"images of {config.image_shape[:2]} shrink to {h}x{w} through the conv layers; use "
+            f"SAME padding or fewer pools"
+        )
+
+
+def _validate_normalisation(config: SpaceNetConfig) -> None:
+    channels = config.image_shape[2] if config.is_cnn else None
+    for name in ("input_mean", "input_std"):
+        value = getattr(config, name)
+        if isinstance(value, tuple) and len(value) != channels:
+            _fail(
+                f"{name} has {len(value)} values; give one float, or one per channel of a CNN's "
+                f"images ({channels})"
+            )
+    stds = config.input_std if isinstance(config.input_std, tuple) else (config.input_std,)
+    if min(stds) <= 0:
+        _fail(f"input_std must be positive, got {config.input_std}")
 
 
 def parse_int_list(text: str | Sequence[int]) -> tuple[int, ...]:

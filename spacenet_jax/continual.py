@@ -27,7 +27,7 @@ from spacenet_jax.output_layer import store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import rewire
 from spacenet_jax.state import SpaceNetState, make_optimizer
-from spacenet_jax.training import EpochMetrics, train_epoch
+from spacenet_jax.training import EpochMetrics, train_epoch, train_epoch_stepwise
 
 Array = jax.Array
 
@@ -129,6 +129,14 @@ def _check_allocation(report: dict[str, Array], task: int) -> None:
 EpochCallback = Callable[[int, int, EpochMetrics], None]
 
 
+def epoch_function(config: SpaceNetConfig):
+    """``train_epoch`` (one ``lax.scan``), or ``train_epoch_stepwise`` for a CNN on the CPU,
+    where XLA runs convolutions inside a loop body many times slower."""
+    if config.is_cnn and jax.default_backend() == "cpu":
+        return train_epoch_stepwise
+    return train_epoch
+
+
 def learn_task(
     state: SpaceNetState,
     config: SpaceNetConfig,
@@ -157,8 +165,9 @@ def learn_task(
     state, report = begin_task(state, config)
     _check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
+    run_epoch = epoch_function(config)
     for epoch in range(config.epochs):
-        state, metrics = train_epoch(
+        state, metrics = run_epoch(
             state, config, data.images, data.labels, data.indices, num_examples
         )
         if epoch < config.epochs - 1 and config.rewired_layers:

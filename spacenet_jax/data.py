@@ -1,10 +1,13 @@
-"""Loading MNIST and Fashion-MNIST as numpy arrays, and splitting them into class-incremental tasks.
+"""Loading MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as numpy arrays, and splitting them into
+class-incremental tasks.
 
-The first load of a dataset goes through TensorFlow Datasets (tfds), from a folder holding the
-canonical gzip idx files (``--data-dir`` / ``$SPACENET_DATA_DIR``) or, without one, from the
-network. The result is checked and cached as an ``.npz`` file (with a ``.json`` sidecar holding
-its sha256) under :func:`cache_dir`, so later loads are plain numpy reads that never import
-TensorFlow.
+The first load of MNIST / Fashion-MNIST goes through TensorFlow Datasets (tfds), from a folder
+holding the canonical gzip idx files (``--data-dir`` / ``$SPACENET_DATA_DIR``) or, without one,
+from the network. CIFAR-10 / CIFAR-100 are read directly with numpy from the publisher's binary
+batches in the data folder (tfds cannot take those as a manual download), or, without a data
+folder, downloaded by tfds. The result is checked and cached as an ``.npz`` file (with a
+``.json`` sidecar holding its sha256) under :func:`cache_dir`, so later loads are plain numpy
+reads that never import TensorFlow.
 
 TensorFlow and tensorflow-datasets are imported lazily, only on the slow path.
 """
@@ -28,16 +31,24 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "CIFAR_DATASETS",
+    "MNIST_DATASETS",
     "SUPPORTED",
     "DatasetError",
     "ImageDataset",
     "cache_dir",
     "load_dataset",
+    "read_cifar_binary",
     "resolve_data_dir",
     "task_indices",
 ]
 
-SUPPORTED: tuple[str, ...] = ("mnist", "fashion_mnist")
+#: The datasets prepared through tfds from the canonical gzip idx files (28x28 grey images).
+MNIST_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist")
+#: The datasets read from the publisher's binary batches (32x32 RGB images).
+CIFAR_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+#: Every name :func:`load_dataset` accepts.
+SUPPORTED: tuple[str, ...] = MNIST_DATASETS + CIFAR_DATASETS
 
 CANONICAL_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte.gz",
@@ -50,13 +61,63 @@ NUM_CLASSES = 10
 NUM_PIXELS = 28 * 28
 SPLIT_SIZES: dict[str, int] = {"train": 60000, "test": 10000}
 
-_PRETTY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+_PRETTY = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+}
 _ARRAY_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _DATA_DIR_HINT = (
     "point --data-dir (or $SPACENET_DATA_DIR) at a folder holding '{name}/' with the files "
     + ", ".join(CANONICAL_FILES)
     + " (e.g. ../shared/datasets)"
 )
+
+
+MNIST_IMAGE_SHAPE: tuple[int, int, int] = (28, 28, 1)
+CIFAR_IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
+CIFAR_PIXELS = 32 * 32 * 3
+
+
+@dataclasses.dataclass(frozen=True)
+class _CifarFormat:
+    """The publisher's binary version of one CIFAR dataset."""
+
+    folder: str  # the folder the publisher's archive extracts to
+    files: dict[str, tuple[str, ...]]  # split -> its batch files, in order
+    label_bytes: int  # label bytes before the pixels of each record
+    label_byte: int  # which of them is the label used (CIFAR-100: 1, the fine label)
+    num_classes: int
+    record_counts: dict[str, int]  # records a split has in the real files (documentation)
+
+    @property
+    def record_size(self) -> int:
+        return self.label_bytes + CIFAR_PIXELS
+
+
+_CIFAR: dict[str, _CifarFormat] = {
+    "cifar10": _CifarFormat(
+        folder="cifar-10-batches-bin",
+        files={
+            "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+            "test": ("test_batch.bin",),
+        },
+        label_bytes=1,
+        label_byte=0,
+        num_classes=10,
+        record_counts={"train": 50000, "test": 10000},
+    ),
+    "cifar100": _CifarFormat(
+        folder="cifar-100-binary",
+        files={"train": ("train.bin",), "test": ("test.bin",)},
+        label_bytes=2,  # coarse (0-19), then fine (0-99)
+        label_byte=1,
+        num_classes=100,
+        record_counts={"train": 50000, "test": 10000},
+    ),
+}
+_CIFAR100_COARSE_CLASSES = 20
 
 
 class DatasetError(RuntimeError):
@@ -67,13 +128,18 @@ class DatasetError(RuntimeError):
 class ImageDataset:
     """A whole image-classification dataset held in memory.
 
+    Every image is one row of uint8 pixels, flattened in row-major **HWC** order:
+    ``images.reshape(-1, *image_shape)`` gives (height, width, channels).
+
     Attributes:
-        name: ``"mnist"`` or ``"fashion_mnist"``.
-        train_images: uint8, shape (60000, 784), each row a row-major flattened 28x28 image.
-        train_labels: int32, shape (60000,).
-        test_images: uint8, shape (10000, 784).
-        test_labels: int32, shape (10000,).
-        num_classes: number of classes (10).
+        name: one of :data:`SUPPORTED` (or any name, for synthetic data).
+        train_images: uint8, shape (N, H*W*C): MNIST (60000, 784), CIFAR (50000, 3072).
+        train_labels: int32, shape (N,).
+        test_images: uint8, shape (M, H*W*C): (10000, 784) or (10000, 3072).
+        test_labels: int32, shape (M,).
+        num_classes: number of classes (10; 100 for CIFAR-100).
+        image_shape: (height, width, channels) of one image: (28, 28, 1) for MNIST and
+            Fashion-MNIST (the default), (32, 32, 3) for CIFAR-10 / CIFAR-100.
     """
 
     name: str
@@ -82,6 +148,7 @@ class ImageDataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    image_shape: tuple[int, int, int] = MNIST_IMAGE_SHAPE
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
@@ -108,22 +175,40 @@ def cache_dir() -> pathlib.Path:
 def load_dataset(
     name: str, data_dir: str | os.PathLike | None = None, *, verbose: bool = True
 ) -> ImageDataset:
-    """Load MNIST or Fashion-MNIST as flattened uint8 images and int32 labels.
+    """Load MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 as flattened uint8 images and int32
+    labels.
 
-    A verified npz cache under ``cache_dir()/arrays`` is used when present (no TensorFlow
-    import). Otherwise the dataset is prepared with tensorflow-datasets, from the canonical
-    files in ``resolve_data_dir(data_dir)`` (``<data_dir>/<name>/`` or ``<data_dir>`` itself)
-    or, when no data folder is given, downloaded by tfds; then verified and cached.
+    A verified npz cache under ``cache_dir()/arrays`` (one per dataset name) is used when
+    present (no TensorFlow import). Otherwise:
+
+    - ``"mnist"`` / ``"fashion_mnist"``: prepared with tensorflow-datasets from the canonical
+      gzip idx files in ``resolve_data_dir(data_dir)`` (``<data_dir>/<name>/`` or ``<data_dir>``
+      itself). Images are (N, 784), labels 0-9, ``image_shape`` (28, 28, 1).
+    - ``"cifar10"``: read with numpy from the publisher's binary batches ``data_batch_1..5.bin``
+      and ``test_batch.bin`` in ``<data_dir>/cifar10/cifar-10-batches-bin/``,
+      ``<data_dir>/cifar-10-batches-bin/``, ``<data_dir>/cifar10/`` or ``<data_dir>`` itself.
+      The real files hold 50000 train / 10000 test images; any whole number of 3073-byte
+      records is accepted. Images are (N, 3072) in HWC order, labels 0-9, ``image_shape``
+      (32, 32, 3).
+    - ``"cifar100"``: the same from the publisher's ``cifar-100-binary`` (``train.bin``, 50000
+      records, and ``test.bin``, 10000, of 3074 bytes each) in
+      ``<data_dir>/cifar100/cifar-100-binary/``, ``<data_dir>/cifar-100-binary/``,
+      ``<data_dir>/cifar100/`` or ``<data_dir>`` itself. The labels are the **fine** labels,
+      0-99.
+
+    When no data folder is given (no ``data_dir``, no $SPACENET_DATA_DIR) every dataset is
+    downloaded by tfds (needs the network). The result is then verified and cached.
 
     Args:
         name: one of :data:`SUPPORTED`.
-        data_dir: folder holding the canonical gzip idx files; see :func:`resolve_data_dir`.
+        data_dir: folder holding the dataset files; see :func:`resolve_data_dir`.
             Ignored when a valid cache exists.
         verbose: print short progress lines to stderr.
 
     Raises:
-        DatasetError: unknown name, missing/corrupt files, files of the other dataset, a bad
-            cache, or TensorFlow / tensorflow-datasets missing or failing.
+        DatasetError: unknown name, missing/corrupt/truncated files, files of another dataset,
+            labels out of range, a bad cache, or TensorFlow / tensorflow-datasets missing or
+            failing.
     """
     if name not in SUPPORTED:
         raise DatasetError(
@@ -134,9 +219,74 @@ def load_dataset(
     if cached is not None:
         return cached
 
-    dataset = _load_with_tfds(name, resolve_data_dir(data_dir), verbose=verbose)
+    folder = resolve_data_dir(data_dir)
+    if name in CIFAR_DATASETS and folder is not None:
+        dataset = _load_cifar_binary(name, folder, verbose=verbose)
+    else:
+        dataset = _load_with_tfds(name, folder, verbose=verbose)
     _write_cache(dataset, verbose=verbose)
     return dataset
+
+
+def read_cifar_binary(
+    path: str | os.PathLike, name: str = "cifar10"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one of the publisher's CIFAR binary batch files.
+
+    A CIFAR-10 record is 3073 bytes: the label (0-9), then the 1024 red, 1024 green and 1024
+    blue bytes of a 32x32 image, row by row. A CIFAR-100 record is 3074 bytes: the coarse label
+    (0-19), the fine label (0-99), then the same 3072 pixel bytes. The real files hold 10000
+    (CIFAR-10) or 50000 / 10000 (CIFAR-100 train / test) records; any positive whole number of
+    records is accepted.
+
+    Args:
+        path: the ``.bin`` file.
+        name: ``"cifar10"`` or ``"cifar100"``: the record format.
+
+    Returns:
+        ``(images, labels)``: uint8 images of shape (N, 3072), each row a 32x32x3 image
+        flattened in HWC order (``images.reshape(N, 32, 32, 3)``), and int32 labels of shape
+        (N,) (the fine labels for CIFAR-100).
+
+    Raises:
+        DatasetError: the file is missing or unreadable, empty, not a whole number of records
+            ("truncated or not a CIFAR binary batch"), or holds a label out of range.
+        ValueError: ``name`` is not a CIFAR dataset.
+    """
+    if name not in _CIFAR:
+        raise ValueError(f"name must be one of {', '.join(_CIFAR)}, got {name!r}")
+    fmt = _CIFAR[name]
+    path = pathlib.Path(path)
+    pretty = _PRETTY[name]
+    fix = f"re-copy the publisher's {pretty} binary files, or " + _data_dir_hint(name)
+    try:
+        size = path.stat().st_size
+        raw = np.fromfile(path, dtype=np.uint8) if size else np.empty(0, np.uint8)
+    except OSError as err:
+        raise DatasetError(f"cannot read {pretty} file {path} ({_one_line(err)}); {fix}") from err
+    if raw.size == 0 or raw.size % fmt.record_size != 0:
+        raise DatasetError(
+            f"{pretty} file {path.name} is truncated or not a CIFAR binary batch: {path} has "
+            f"{raw.size} bytes, not a positive multiple of the {fmt.record_size}-byte "
+            f"{pretty} record; {fix}"
+        )
+    records = raw.reshape(-1, fmt.record_size)
+    label_checks = [(fmt.label_byte, fmt.num_classes, "label")]
+    if name == "cifar100":
+        label_checks = [(0, _CIFAR100_COARSE_CLASSES, "coarse label"), *label_checks]
+    for byte, count, what in label_checks:
+        bad = np.flatnonzero(records[:, byte] >= count)
+        if bad.size:
+            raise DatasetError(
+                f"{pretty} file {path} has a {what} out of range: record {int(bad[0])} has "
+                f"{what} {int(records[bad[0], byte])}, but {pretty} {what}s run from 0 to "
+                f"{count - 1} ({bad.size} such record(s)); the file is corrupt or not a "
+                f"{pretty} binary batch; {fix}"
+            )
+    labels = records[:, fmt.label_byte].astype(np.int32)
+    # Each record's pixels are planes (C, H, W); rows of the result are (H, W, C).
+    images = records[:, fmt.label_bytes :].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images).reshape(-1, CIFAR_PIXELS), labels
 
 
 def task_indices(labels: np.ndarray, task_classes: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -221,7 +371,9 @@ def _load_cache(name: str) -> ImageDataset | None:
     except (OSError, ValueError, KeyError, EOFError, zlib.error) as err:
         _warn(f"cache {npz_path} is unreadable ({_one_line(err)}); rebuilding it")
         return None
-    dataset = ImageDataset(name=name, num_classes=NUM_CLASSES, **arrays)
+    dataset = ImageDataset(
+        name=name, num_classes=_num_classes(name), image_shape=_image_shape(name), **arrays
+    )
     _verify(
         dataset,
         source=f"the cache {npz_path}",
@@ -246,6 +398,7 @@ def _write_cache(dataset: ImageDataset, *, verbose: bool) -> None:
             "train_size": int(dataset.train_labels.shape[0]),
             "test_size": int(dataset.test_labels.shape[0]),
             "num_classes": dataset.num_classes,
+            "image_shape": list(dataset.image_shape),
         }
         text = json.dumps(meta, indent=2) + "\n"
         _atomic_write(json_path, lambda f: f.write(text.encode()))
@@ -310,8 +463,19 @@ def _mixup_message(name: str, source: str, fix: str) -> str:
     )
 
 
+def _num_classes(name: str) -> int:
+    return _CIFAR[name].num_classes if name in _CIFAR else NUM_CLASSES
+
+
+def _image_shape(name: str) -> tuple[int, int, int]:
+    return CIFAR_IMAGE_SHAPE if name in _CIFAR else MNIST_IMAGE_SHAPE
+
+
 def _verify(dataset: ImageDataset, *, source: str, fix: str) -> None:
     """Check sizes, dtypes, label set and which dataset it is; raise DatasetError if wrong."""
+    if dataset.name in _CIFAR:
+        _verify_cifar(dataset, source=source, fix=fix)
+        return
     name = dataset.name
     for split, size in SPLIT_SIZES.items():
         images = getattr(dataset, f"{split}_images")
@@ -335,6 +499,112 @@ def _verify(dataset: ImageDataset, *, source: str, fix: str) -> None:
     fashion = _looks_like_fashion(dataset.train_labels, dataset.test_labels)
     if fashion != (name == "fashion_mnist"):
         raise DatasetError(_mixup_message(name, source, fix))
+
+
+def _verify_cifar(dataset: ImageDataset, *, source: str, fix: str) -> None:
+    """Dtypes, shapes and label range of CIFAR arrays (any positive number of images, so that
+    small files in the publisher's format load too)."""
+    name, pretty = dataset.name, _PRETTY[dataset.name]
+    num_classes = _CIFAR[name].num_classes
+    if dataset.num_classes != num_classes or tuple(dataset.image_shape) != CIFAR_IMAGE_SHAPE:
+        raise DatasetError(
+            f"{pretty} from {source}: expected {num_classes} classes of {CIFAR_IMAGE_SHAPE} "
+            f"images, found {dataset.num_classes} of {dataset.image_shape}; {fix}"
+        )
+    for split in SPLIT_SIZES:
+        images = getattr(dataset, f"{split}_images")
+        labels = getattr(dataset, f"{split}_labels")
+        n = labels.shape[0] if labels.ndim == 1 else -1
+        if images.dtype != np.uint8 or n < 1 or images.shape != (n, CIFAR_PIXELS):
+            raise DatasetError(
+                f"{pretty} {split} images from {source}: expected uint8 of shape "
+                f"(N, {CIFAR_PIXELS}) with N >= 1 matching {n} labels, found {images.dtype} "
+                f"of shape {images.shape}; {fix}"
+            )
+        if labels.dtype != np.int32:
+            raise DatasetError(
+                f"{pretty} {split} labels from {source}: expected int32, found "
+                f"{labels.dtype}; {fix}"
+            )
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise DatasetError(
+                f"{pretty} {split} labels from {source}: expected labels from 0 to "
+                f"{num_classes - 1}, found labels from {low} to {high}; {fix}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR binary batches
+
+
+def _data_dir_hint(name: str) -> str:
+    """How to point the loader at the files of ``name``."""
+    if name not in _CIFAR:
+        return _DATA_DIR_HINT.format(name=name)
+    fmt = _CIFAR[name]
+    files = ", ".join(f for split in SPLIT_SIZES for f in fmt.files[split])
+    return (
+        f"pass --data-dir (or set $SPACENET_DATA_DIR) pointing at the folder holding "
+        f"{name}/{fmt.folder} (the publisher's binary {_PRETTY[name]} files {files}), "
+        "e.g. ../shared/datasets"
+    )
+
+
+def _find_cifar_dir(name: str, data_dir: pathlib.Path) -> pathlib.Path:
+    """The folder holding the binary batches of ``name``; every batch file must be there."""
+    fmt = _CIFAR[name]
+    files = [f for split in SPLIT_SIZES for f in fmt.files[split]]
+    hint = _data_dir_hint(name)
+    if not data_dir.is_dir():
+        raise DatasetError(f"cannot load {name}: the data folder {data_dir} does not exist; {hint}")
+    # The publisher's folder wins wherever it is; a plain folder counts once it holds a file.
+    nested = [data_dir / name / fmt.folder, data_dir / fmt.folder]
+    plain = [data_dir / name, data_dir]
+    folder = next((d for d in nested if d.is_dir()), None)
+    if folder is None:
+        folder = next((d for d in plain if any((d / f).is_file() for f in files)), None)
+    if folder is None:
+        looked = ", ".join(f"{d}/" for d in nested + plain)
+        raise DatasetError(
+            f"cannot load {name}: no folder with the {_PRETTY[name]} binary files "
+            f"({', '.join(files)}) found; looked for {looked}; {hint}"
+        )
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"cannot load {name}: missing batch file(s) {', '.join(missing)} in {folder}; "
+            f"re-copy the publisher's {_PRETTY[name]} binary files there, or {hint}"
+        )
+    return folder
+
+
+def _load_cifar_binary(name: str, data_dir: pathlib.Path, *, verbose: bool) -> ImageDataset:
+    fmt = _CIFAR[name]
+    folder = _find_cifar_dir(name, data_dir)
+    _info(f"reading {name} from the binary batches in {folder} (first use only)...", verbose)
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in SPLIT_SIZES:
+        parts = [read_cifar_binary(folder / f, name) for f in fmt.files[split]]
+        splits[split] = (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+        )
+    dataset = ImageDataset(
+        name=name,
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        num_classes=fmt.num_classes,
+        image_shape=CIFAR_IMAGE_SHAPE,
+    )
+    _verify(
+        dataset,
+        source=f"the binary batches in {folder}",
+        fix=f"re-copy the publisher's {_PRETTY[name]} binary files to {folder}",
+    )
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,7 +693,7 @@ def _tfds_fix(name: str, err: BaseException, manual: pathlib.Path | None) -> str
         if "Checksum" in kind or "checksum" in str(err):
             return (
                 f"a file in {manual} is corrupt or truncated (wrong checksum): re-copy the "
-                f"canonical {_PRETTY[name]} files there, or " + _DATA_DIR_HINT.format(name=name)
+                f"canonical {_PRETTY[name]} files there, or " + _data_dir_hint(name)
             )
         return (
             f"check the files in {manual} (re-copy the canonical {_PRETTY[name]} files), or "
@@ -431,7 +701,7 @@ def _tfds_fix(name: str, err: BaseException, manual: pathlib.Path | None) -> str
         )
     return (
         "no data folder was given, so tensorflow-datasets tried to download it (this needs "
-        "the network); " + _DATA_DIR_HINT.format(name=name)
+        "the network); " + _data_dir_hint(name)
     )
 
 
@@ -481,7 +751,8 @@ def _load_with_tfds(name: str, data_dir: pathlib.Path | None, *, verbose: bool) 
         train_labels=splits["train"][1],
         test_images=splits["test"][0],
         test_labels=splits["test"][1],
-        num_classes=NUM_CLASSES,
+        num_classes=_num_classes(name),
+        image_shape=_image_shape(name),
     )
     _verify(
         dataset,

@@ -5,11 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.network import predict
 from spacenet_jax.state import SpaceNetState
+
+
+def predict_in_chunks(
+    state: SpaceNetState, config: SpaceNetConfig, images: np.ndarray | jax.Array,
+    chunk: int = 2000,
+) -> np.ndarray:
+    """``predict`` over ``images`` ``(N, D)`` in fixed-size chunks (one compilation; the last
+    chunk is padded), so a CNN's activations for a whole test set never sit in memory at once."""
+    n = images.shape[0]
+    chunk = min(chunk, n)
+    out = []
+    for start in range(0, n, chunk):
+        part = images[start : start + chunk]
+        if part.shape[0] < chunk:
+            pad = jnp.zeros((chunk - part.shape[0], *part.shape[1:]), part.dtype)
+            part = jnp.concatenate([jnp.asarray(part), pad])
+        out.append(np.asarray(predict(state, config, part)))
+    return np.concatenate(out)[:n]
 
 
 def evaluate_tasks(
@@ -34,7 +53,7 @@ def evaluate_tasks(
       examples pooled.
     """
     learned = int(state.task)
-    predictions = np.asarray(predict(state, config, images))
+    predictions = predict_in_chunks(state, config, images)
     labels = np.asarray(labels)
     per_task: list[float | None] = []
     hits = total = 0

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spacenet_jax.allocation import layer_inputs
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.importance import neuron_importance
 from spacenet_jax.state import FREE, SpaceNetState, make_optimizer
@@ -45,7 +46,9 @@ def drop_connections(
       k: static number of connections to drop (at most the task's count in this layer).
 
     Returns:
-      ``(owner, weights, dropped)``: dropped positions are FREE and zero.
+      ``(owner, weights, dropped)``: dropped positions are FREE and zero. For a conv layer
+      ``owner`` and ``importance`` are per kernel ``(in_maps, out_maps)`` and ``weights`` are
+      ``(k, k, in_maps, out_maps)``: whole kernels are dropped.
     """
     current = owner == task
     dropped = _top_k_mask(-jnp.where(current, importance, jnp.inf), k) & current
@@ -114,9 +117,9 @@ def rewire(state: SpaceNetState, config: SpaceNetConfig) -> tuple[SpaceNetState,
         owner, w, _, short = grow_connections(
             owner,
             w,
-            a[layer],
+            layer_inputs(a[layer], config, layer),
             a[layer + 1],
-            state.selected[layer],
+            layer_inputs(state.selected[layer], config, layer),
             state.selected[layer + 1],
             dropped,
             state.task,

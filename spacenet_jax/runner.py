@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spacenet_jax import metrics
-from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.config import ConfigError, SpaceNetConfig
 from spacenet_jax.continual import learn_task, make_task_data
 from spacenet_jax.data import ImageDataset, task_indices
 from spacenet_jax.evaluation import evaluate_tasks
@@ -39,6 +39,26 @@ def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
 def free_neuron_counts(state: SpaceNetState) -> list[int]:
     """Free (unreserved) neurons per hidden layer."""
     return [int(np.sum(np.asarray(o) == FREE)) for o in jax.device_get(state.neuron_owner)]
+
+
+def check_dataset(config: SpaceNetConfig, dataset: ImageDataset) -> None:
+    """Refuse a dataset whose images or classes do not fit the network, before any training."""
+    width = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
+    pixels = dataset.train_images.shape[1]
+    if pixels != width:
+        shape = getattr(dataset, "image_shape", None)
+        raise ConfigError(
+            f"{dataset.name} images have {pixels} values each (shape {shape}) but the network "
+            f"takes {width} (image_shape={config.image_shape or None}, layer_sizes[0]="
+            f"{config.layer_sizes[0]}); use the experiment made for this dataset"
+        )
+    wanted = {c for classes in config.task_classes for c in classes}
+    present = set(np.unique(dataset.train_labels).tolist())
+    missing = sorted(wanted - present)
+    if missing:
+        raise ConfigError(
+            f"the tasks name classes {missing} that {dataset.name}'s training set does not have"
+        )
 
 
 def run_task_sequence(
@@ -68,6 +88,7 @@ def run_task_sequence(
     Returns:
       The final state and the run record (see ``results.json`` in the README).
     """
+    check_dataset(config, dataset)
     start = time.perf_counter()
     stages = config.num_stages
     unit = "stage" if config.joint else "task"  # joint learns every task in one stage

@@ -1,8 +1,11 @@
 """The SpaceNet state: one immutable pytree holding everything that changes during learning.
 
 Layer ``l`` (0-based, ``L = len(layer_sizes) - 1`` weight matrices) maps units ``l`` to units
-``l + 1``; its weight matrix has shape ``(fan_in, fan_out) = (layer_sizes[l], layer_sizes[l+1])``
-and the forward pass is ``x @ W + b``. "Unit layers" are numbered 0 (input) .. L (output); the
+``l + 1``; a dense layer's weight matrix has shape ``(fan_in, fan_out) = (layer_sizes[l],
+layer_sizes[l+1])`` and the forward pass is ``x @ W + b``. A conv layer's weights are HWIO kernels
+``(k, k, in_maps, out_maps)`` while its connection arrays (owner, Omega) are per kernel,
+``(in_maps, out_maps)``: a kernel is entirely in or out of a mask, and every mask broadcasts
+against its weights. "Unit layers" are numbered 0 (input) .. L (output); the
 hidden unit layers are 1 .. L-1.
 
 Shapes and dtypes never change from task to task, so none of the jitted functions that take a
@@ -31,13 +34,15 @@ class SpaceNetState:
     """All mutable quantities of SpaceNet, as a pytree of arrays.
 
     Attributes (per weight matrix ``l``, shapes ``(fan_in, fan_out)`` unless said otherwise):
-      weights: live weights; exactly zero at every position no task owns. The output layer holds
-        only the current task's connections: finished tasks' output weights live in
+      weights: live weights (conv: HWIO); exactly zero at every position no task owns. The
+        output layer holds only the current task's connections: finished tasks' output weights
+        live in
         ``saved_output_weights`` (the paper's ``W_L^saved``).
       biases: ``(fan_out,)`` per layer.
       init_weights: the dense initial (Glorot-uniform) draw; a connection allocated to a task takes
         its value from here, a grown one starts at zero.
-      connection_owner: int16, the task that owns each position, or ``FREE``. The current task's
+      connection_owner: int16 ``config.mask_shape(l)`` (conv: per kernel), the task that owns
+        each position, or ``FREE``. The current task's
         mask is ``connection_owner == task``, earlier tasks' is ``0 <= owner < task``; masks of
         different tasks cannot overlap by construction.
       importance: float32, Omega (Eq. 3): accumulated ``|g * delta_w|`` of the current task's
@@ -89,19 +94,19 @@ def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
     is_key = hasattr(seed, "shape") and tuple(seed.shape) == (2,)
     key = seed if is_key else jax.random.PRNGKey(seed)
     key, *layer_keys = jax.random.split(key, config.num_layers + 1)
+    # Conv kernels are HWIO: glorot's fan-in / fan-out include the receptive field.
     glorot = jax.nn.initializers.glorot_uniform()
-    shapes = [
-        (config.layer_sizes[i], config.layer_sizes[i + 1]) for i in range(config.num_layers)
-    ]
+    shapes = [config.weight_shape(i) for i in range(config.num_layers)]
+    masks = [config.mask_shape(i) for i in range(config.num_layers)]
     init_weights = tuple(glorot(k, s, jnp.float32) for k, s in zip(layer_keys, shapes, strict=True))
     weights = tuple(jnp.zeros(s, jnp.float32) for s in shapes)
-    biases = tuple(jnp.zeros((s[1],), jnp.float32) for s in shapes)
+    biases = tuple(jnp.zeros((s[-1],), jnp.float32) for s in shapes)
     return SpaceNetState(
         weights=weights,
         biases=biases,
         init_weights=init_weights,
-        connection_owner=tuple(jnp.full(s, FREE, OWNER_DTYPE) for s in shapes),
-        importance=tuple(jnp.zeros(s, jnp.float32) for s in shapes),
+        connection_owner=tuple(jnp.full(s, FREE, OWNER_DTYPE) for s in masks),
+        importance=tuple(jnp.zeros(s, jnp.float32) for s in masks),
         neuron_owner=tuple(
             jnp.full((n,), FREE, OWNER_DTYPE) for n in config.layer_sizes[1:-1]
         ),

@@ -26,7 +26,7 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 needs_shared = pytest.mark.skipif(
-    not all((SHARED / n / f).is_file() for n in data.SUPPORTED for f in FILES),
+    not all((SHARED / n / f).is_file() for n in data.MNIST_DATASETS for f in FILES),
     reason=f"canonical MNIST / Fashion-MNIST files not found under {SHARED}",
 )
 
@@ -169,7 +169,7 @@ def test_fashion_name_with_mnist_files_raises(tmp_path, monkeypatch):
         load_dataset("fashion_mnist", tmp_path / "data", verbose=False)
 
 
-@pytest.mark.parametrize("name", data.SUPPORTED)
+@pytest.mark.parametrize("name", data.MNIST_DATASETS)
 def test_cache_of_the_other_dataset_is_refused(tmp_path, name):
     """The fast path verifies too: a cache whose class counts belong to the other dataset."""
     rng = np.random.default_rng(0)
@@ -203,7 +203,7 @@ def test_cache_of_the_other_dataset_is_refused(tmp_path, name):
 
 def test_unknown_name():
     with pytest.raises(DatasetError, match="mnist, fashion_mnist"):
-        load_dataset("cifar10")
+        load_dataset("imagenet")
 
 
 def test_missing_folder(tmp_path):
