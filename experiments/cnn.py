@@ -3,8 +3,9 @@
 Conv 32-32 (3x3), 2x2 max-pool, conv 64-64 (3x3), 2x2 max-pool, dense 512, sparse output; the
 padding follows the Keras CIFAR-10 network of Zenke et al. that the paper uses (SAME, VALID,
 SAME, VALID), so the dense layer sees 6 x 6 x 64 features. 12% of each layer's weights per task
-(kernels for conv layers), every free feature map / neuron selected for each task, and 2, 2, 5,
-6, 30 maps / neurons reserved per task; SGD with learning rate 0.1, 20 epochs per task. The
+(kernels for conv layers; at the output, of the weights into the task's own classes), every
+free feature map / neuron selected for each task, and 2, 2, 5, 6, 30 maps / neurons reserved
+per task; SGD with learning rate 0.1, 20 epochs per task. The
 larger variant (``--width wide``) has 64-64-128-128 feature maps.
 """
 
@@ -42,8 +43,9 @@ def cnn_config(
     Args:
       task_classes: classes of each task; num_outputs: units of the shared output layer.
       maps: feature maps of the four 3x3 conv layers; dense: hidden dense layer sizes.
-      weights_per_task: fraction of each layer's connection positions (kernels for conv
-        layers) allocated to every task, used unless ``connections`` gives the counts.
+      weights_per_task: fraction of each hidden layer's connection positions (kernels for conv
+        layers) allocated to every task; at the output, of the positions between the last
+        hidden layer and the task's classes. Used unless ``connections`` gives the counts.
       selected: selected maps / neurons per hidden layer (default: every free one).
       specific: maps / neurons reserved per hidden layer after each task.
       **hyper: other ``SpaceNetConfig`` fields (method, learning_rate, epochs, ...).
@@ -62,8 +64,15 @@ def cnn_config(
         input_mean=CIFAR_MEAN, input_std=CIFAR_STD, **{**hyper, "method": "finetune"},
     )
     if connections is None:
+        # Hidden layers: a fraction of all the layer's positions. Output layer: of the block
+        # between the last hidden layer and one task's classes, the only weights a task can use
+        # (a fraction of all 512 x 60 outputs would not fit CIFAR-10/100's later tasks).
+        last = shape_only.num_layers - 1
+        task_block = shape_only.mask_shape(last)[0] * max(len(c) for c in task_classes)
         connections = tuple(
-            max(1, round(weights_per_task * shape_only.positions(layer)))
+            max(1, round(weights_per_task * (
+                task_block if layer == last else shape_only.positions(layer)
+            )))
             for layer in range(shape_only.num_layers)
         )
     return dataclasses.replace(

@@ -1,6 +1,7 @@
 """SpaceNet (Sokar, Mocanu, Pechenizkiy; Neurocomputing 2021) in JAX.
 
-The modules follow the algorithm:
+The same state pytree and pure functions serve MLPs and CNNs (a conv layer's unit of connection
+is a whole kernel between two feature maps, Section 5.3). The modules follow the algorithm:
 
 * ``config``       -- the hyper-parameters (one frozen dataclass), the method (SpaceNet, its
   Static-SparseNN ablation, SpaceNet-Rehearsal, dense fine-tuning / joint bounds) and checks;
@@ -14,7 +15,8 @@ The modules follow the algorithm:
 * ``stages``       -- what each training stage sees (rehearsal's replay, joint's pooling);
 * ``continual``    -- Algorithm 1: begin, learn and end a task;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
-* ``data``, ``runner`` -- datasets through tensorflow-datasets, and a whole recorded run.
+* ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
+  CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3.
 """
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections, select_neurons
@@ -34,7 +36,7 @@ from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import drop_connections, grow_connections, rewire
 from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
-from spacenet_jax.training import train_epoch, train_step
+from spacenet_jax.training import train_epoch, train_epoch_stepwise, train_step
 
 __version__ = "0.1.0"
 
@@ -64,6 +66,7 @@ __all__ = [
     "select_neurons",
     "store_output_weights",
     "train_epoch",
+    "train_epoch_stepwise",
     "train_step",
     "training_stages",
 ]

@@ -66,8 +66,8 @@ def test_the_paper_cnn():
     assert c.layer_sizes == (3, 32, 32, 64, 64, 512, 10)
     assert c.conv_output_shape == (6, 6, 64)
     assert c.weight_shape(4) == (2304, 512)
-    # 12% of each layer's kernels / weights per task.
-    positions = [96, 1024, 2048, 4096, 2304 * 512, 5120]
+    # 12% of each layer's kernels / weights per task; at the output, of a task's own block.
+    positions = [96, 1024, 2048, 4096, 2304 * 512, 512 * 2]
     assert c.connections_per_task == tuple(round(0.12 * p) for p in positions)
     assert c.specific_neurons == (2, 2, 5, 6, 30)
     assert c.selected_neurons == (32, 32, 64, 64, 512)  # all free maps / neurons
