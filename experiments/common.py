@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -14,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from spacenet_jax import metrics
+from spacenet_jax.checkpoint import (
+    CheckpointError,
+    TaskCheckpointer,
+    restore_task,
+    saved_tasks,
+    seed_dir,
+)
 from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig, parse_int_list
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
 
@@ -59,6 +67,12 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     )
     g.add_argument("--out", type=Path, default=None, help="write OUT/results.json")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--checkpoint-dir", type=Path, default=None,
+        help="save an orbax checkpoint of the whole state after every task, in "
+        "CHECKPOINT_DIR/seed_<seed>/<tasks learned>; with --resume, an unfinished seed "
+        "continues from its latest one",
+    )
 
     h = p.add_argument_group("hyper-parameters (defaults: the paper's)")
     if defaults.is_cnn:  # the CNN experiments add --width / --dense and derive the counts
@@ -197,11 +211,18 @@ def run_seeds(
     out: Path | None = None,
     progress: bool = True,
     finished: list[dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
+    dataset_name: str | None = None,
+    resume_from: dict[int, tuple[Any, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run every seed (skipping those in ``finished``), rewriting ``out`` after each one.
 
+    With ``checkpoint_dir``, every task's state and record is saved (``TaskCheckpointer``) in
+    ``checkpoint_dir/seed_<seed>``; ``resume_from`` maps a seed to the ``(state, record)`` it
+    continues from (``restore_task``).
+
     Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json``. A crash
-    loses at most the seed in progress.
+    loses at most the seed in progress (with checkpoints, at most the task in progress).
     """
     from spacenet_jax.runner import run_task_sequence
 
@@ -215,20 +236,86 @@ def run_seeds(
                 print(f"[{benchmark} {config.method} seed {seed}] already in {out}, skipped",
                       file=sys.stderr)
         else:
+            checkpointer = (
+                TaskCheckpointer(checkpoint_dir, config, seed, benchmark=benchmark,
+                                 dataset=dataset_name)
+                if checkpoint_dir is not None else None
+            )
             try:
                 _, record = run_task_sequence(
-                    config, dataset, seed, benchmark=benchmark, progress=progress
+                    config, dataset, seed, benchmark=benchmark, progress=progress,
+                    on_task_end=_checkpoint_callback(checkpointer) if checkpointer else None,
+                    resume_from=(resume_from or {}).get(seed),
                 )
             except ConfigError as err:  # CapacityError: found on the device during a task
                 kept = f"; the {len(runs)} finished seed(s) are in {out}" if runs and out else ""
                 print(f"error ({config.method}, seed {seed}): {err}{kept}", file=sys.stderr)
                 raise SystemExit(2) from None
+            finally:
+                if checkpointer is not None:
+                    checkpointer.close()
             runs.append(record)
         payload = {"runs": runs, "summary": summarize_runs(runs)}
         payload["summary"].update(benchmark=benchmark, method=config.method)
         if out is not None:
             write_json_atomic(out, payload)
     return payload
+
+
+#: Test-only: ``SPACENET_TEST_KILL_AFTER_TASK=N`` makes the process SIGKILL itself right after
+#: the checkpoint after task N is committed, to test ``--resume`` after a hard crash.
+KILL_AFTER_TASK_ENV = "SPACENET_TEST_KILL_AFTER_TASK"
+
+
+def _checkpoint_callback(checkpointer: TaskCheckpointer):
+    kill_after = os.environ.get(KILL_AFTER_TASK_ENV)
+
+    def on_task_end(task: int, state: Any, record: dict[str, Any]) -> None:
+        step = checkpointer.save(state, record)  # returns once the step is on disk
+        if kill_after and step == int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return on_task_end
+
+
+def plan_resume(
+    checkpoint_dir: Path | None,
+    config: SpaceNetConfig,
+    seeds: list[int],
+    *,
+    benchmark: str,
+    resume: bool,
+) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Restore, before any work, the latest checkpoint of every seed in ``seeds`` that has one.
+
+    Without ``resume``, a seed folder that already holds checkpoints is refused (a fresh run
+    would mix with them). With ``resume``, a seed without checkpoints starts fresh and says so
+    on stderr (even with --quiet, as it does when it resumes). Raises ``CheckpointError`` for
+    another configuration or seed, or a corrupt checkpoint.
+    """
+    if checkpoint_dir is None:
+        return {}
+    plans: dict[int, tuple[Any, dict[str, Any]]] = {}
+    for seed in seeds:
+        folder = seed_dir(checkpoint_dir, seed)
+        steps = saved_tasks(folder)
+        tag = f"[{benchmark} {config.method} seed {seed}]"
+        if not steps:
+            if resume:
+                print(f"{tag} --resume: no checkpoint in {folder}, starting from scratch",
+                      file=sys.stderr)
+            continue
+        if not resume:
+            raise CheckpointError(
+                f"{folder} already holds checkpoints (after tasks {steps}); add --resume to "
+                f"continue from task {steps[-1]}, or delete it or use another --checkpoint-dir"
+            )
+        state, record = restore_task(folder, config, seed, benchmark=benchmark)
+        plans[seed] = (state, record)
+        unit = "stages" if config.joint else "tasks"
+        print(f"{tag} resuming from {folder / str(steps[-1])} ({len(record['acc_matrix'])}/"
+              f"{config.num_stages} {unit} done)", file=sys.stderr)
+    return plans
 
 
 def main(
@@ -254,7 +341,9 @@ def main(
     """
     parser = build_parser(description, defaults)
     parser.add_argument("--resume", action="store_true",
-                        help="keep the seeds already in OUT/results.json and run the others")
+                        help="keep the seeds already in OUT/results.json and run the others; "
+                        "with --checkpoint-dir, continue unfinished seeds from their latest "
+                        "checkpoint (seeds without one start from scratch)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -263,10 +352,20 @@ def main(
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    if args.resume and args.out is None:
-        parser.error("--resume needs --out (the folder whose results.json to continue)")
+    if args.resume and args.out is None and args.checkpoint_dir is None:
+        parser.error("--resume needs --out (the folder whose results.json to continue) or "
+                     "--checkpoint-dir")
     out = args.out / "results.json" if args.out is not None else None
     finished = read_finished_runs(out, config, benchmark) if args.resume and out else []
+    done = {r["seed"] for r in finished}
+    try:
+        resume_from = plan_resume(
+            args.checkpoint_dir, config, [s for s in seeds if s not in done],
+            benchmark=benchmark, resume=args.resume,
+        )
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     if load is None:
@@ -280,7 +379,9 @@ def main(
 
     start = time.perf_counter()
     payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
-                        progress=not args.quiet, finished=finished)
+                        progress=not args.quiet, finished=finished,
+                        checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
+                        resume_from=resume_from)
     print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
     if out is not None:

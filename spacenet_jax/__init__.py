@@ -16,7 +16,8 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
 * ``continual``    -- Algorithm 1: begin, learn and end a task;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
 * ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
-  CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3.
+  CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3;
+* ``checkpoint``, ``inspect`` -- orbax checkpoints after every task, resume, and inspection.
 """
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections, select_neurons

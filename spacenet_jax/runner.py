@@ -7,6 +7,7 @@ after each task, and wall-clock seconds.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -69,6 +70,7 @@ def run_task_sequence(
     benchmark: str = "split_mnist",
     progress: bool = True,
     on_task_end: TaskEndCallback | None = None,
+    resume_from: tuple[SpaceNetState, dict[str, Any]] | None = None,
 ) -> tuple[SpaceNetState, dict[str, Any]]:
     """Learn ``config.task_classes`` one task after the other on ``dataset``.
 
@@ -84,6 +86,11 @@ def run_task_sequence(
       benchmark: name stored in the record.
       progress: show a progress bar per epoch (on stderr).
       on_task_end: called as ``on_task_end(task, state, partial_record)`` after each task.
+      resume_from: ``(state, record)`` after some tasks of this same run (config, seed,
+        benchmark), e.g. from ``spacenet_jax.checkpoint.restore_task``: the sequence continues
+        from there and ends exactly as an uninterrupted run would (the data order and every
+        random draw come from the seed and ``state.rng``); only ``seconds`` differ, its total
+        adding this call's time to the record's.
 
     Returns:
       The final state and the run record (see ``results.json`` in the README).
@@ -106,11 +113,23 @@ def run_task_sequence(
     overall: list[float] = []
     free_neurons: list[list[int]] = []
     task_seconds: list[float] = []
+    first = 0
+    if resume_from is not None:
+        state, done = resume_from
+        state = jax.device_put(state)
+        _check_resume(config, seed, benchmark, state, done)
+        acc_matrix = [list(row) for row in done["acc_matrix"]]
+        overall = [done["final_overall_acc"]]  # only the latest one enters the record
+        free_neurons = [list(row) for row in done["free_neurons"]]
+        task_seconds = list(done["seconds"]["per_task"])
+        start -= done["seconds"]["total"]
+        first = len(acc_matrix)
     # A live bar on a terminal; one plain line per epoch in logs (CI, nohup, files).
     interactive = progress and sys.stderr.isatty()
     tag = f"{benchmark} {config.method} seed {seed}"
     bar = tqdm(
-        total=stages * config.epochs, desc=tag, disable=not interactive,
+        total=stages * config.epochs, initial=first * config.epochs, desc=tag,
+        disable=not interactive,
         leave=False, dynamic_ncols=True, file=sys.stderr,
     )
 
@@ -126,7 +145,12 @@ def run_task_sequence(
             print(f"[{tag}] {line}", file=sys.stderr, flush=True)
 
     record: dict[str, Any] = {}
-    for t in range(stages):
+    if first:
+        record = _record(
+            benchmark, seed, config, acc_matrix, overall, state, free_neurons,
+            task_seconds, time.perf_counter() - start,
+        )
+    for t in range(first, stages):
         task_start = time.perf_counter()
         state = learn_task(state, config, train_tasks[t], on_epoch=on_epoch)
         row, pooled = evaluate_tasks(
@@ -153,6 +177,27 @@ def run_task_sequence(
             on_task_end(t, state, record)
     bar.close()
     return state, record
+
+
+def _check_resume(
+    config: SpaceNetConfig, seed: int, benchmark: str, state: SpaceNetState, done: dict[str, Any]
+) -> None:
+    """Refuse a partial record that is not an earlier point of this very run."""
+    same_config = json.loads(json.dumps(done.get("config"))) == json.loads(
+        json.dumps(config.to_dict())
+    )
+    if not same_config or done.get("seed") != seed or done.get("benchmark") != benchmark:
+        raise ConfigError(
+            f"cannot resume {benchmark} seed {seed} from a record of {done.get('benchmark')} "
+            f"seed {done.get('seed')}"
+            + ("" if same_config else " made with another configuration")
+        )
+    rows = len(done["acc_matrix"])
+    if not 0 < rows <= config.num_stages or int(state.task) != done["tasks_learned"]:
+        raise ConfigError(
+            f"cannot resume: the record has {rows} rows and {done['tasks_learned']} tasks "
+            f"learned, the state {int(state.task)} tasks (of {config.num_stages} stages)"
+        )
 
 
 def _record(

@@ -1,0 +1,328 @@
+"""Orbax task checkpoints: round trip, bit-identical resume, atomicity, refusals, inspection."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY, synthetic_dataset
+
+from experiments.common import KILL_AFTER_TASK_ENV
+from experiments.common import main as experiment_main
+from spacenet_jax.checkpoint import (
+    CheckpointError,
+    TaskCheckpointer,
+    latest_task,
+    read_metadata,
+    restore_task,
+    saved_tasks,
+    seed_dir,
+)
+from spacenet_jax.inspect import checkpoint_report, format_report
+from spacenet_jax.inspect import main as inspect_main
+from spacenet_jax.runner import run_task_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+#: Momentum, so that the optimiser state holds arrays too; two epochs to stay quick.
+CONFIG = dataclasses.replace(TINY, momentum=0.9, epochs=2)
+BENCH = "synthetic"
+# orbax's internal event loop reports a closed loop after a restore it could not finish.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _without_seconds(record: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(record)).items() if k != "seconds"}
+
+
+def _assert_same_state(a, b) -> None:
+    a, b = jax.device_get(a), jax.device_get(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for path, x, y in zip(
+        [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(a)[0]],
+        jax.tree.leaves(a), jax.tree.leaves(b), strict=True,
+    ):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        assert np.array_equal(x, y), path
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    return run_task_sequence(CONFIG, data, seed=2, benchmark=BENCH, progress=False)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, data):
+    """A whole checkpointed run (seed 2): its folder, final state and record."""
+    root = tmp_path_factory.mktemp("ck")
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        state, record = run_task_sequence(
+            CONFIG, data, seed=2, benchmark=BENCH, progress=False, on_task_end=ck
+        )
+    return root, state, record
+
+
+def _copy_seed(saved_run, tmp_path, steps=None) -> Path:
+    """A private copy of the saved run's seed folder (optionally only some steps)."""
+    root = tmp_path / "ck"
+    shutil.copytree(seed_dir(saved_run[0], 2), seed_dir(root, 2))
+    for step in saved_tasks(seed_dir(root, 2)):
+        if steps is not None and step not in steps:
+            shutil.rmtree(seed_dir(root, 2) / str(step))
+    return root
+
+
+def test_round_trip_restores_every_leaf_and_dtype(saved_run, uninterrupted):
+    root, state, record = saved_run
+    folder = seed_dir(root, 2)
+    assert saved_tasks(folder) == [1, 2, 3] and latest_task(folder) == 3
+    restored, saved_record = restore_task(folder, CONFIG, 2)
+    _assert_same_state(state, restored)
+    assert restored.connection_owner[0].dtype == np.int16
+    assert restored.rng.dtype == np.uint32 and restored.selected[0].dtype == bool
+    assert isinstance(restored.weights[0], jax.Array)  # onto the default device
+    assert _without_seconds(saved_record) == _without_seconds(record)
+    # Checkpointing does not change the run.
+    _assert_same_state(uninterrupted[0], state)
+    # Any task boundary can be restored.
+    early, early_record = restore_task(folder, CONFIG, 2, task=1)
+    assert int(early.task) == 1 and len(early_record["acc_matrix"]) == 1
+    meta = read_metadata(folder)
+    assert meta["seed"] == 2 and meta["benchmark"] == BENCH and meta["tasks_learned"] == 3
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, data, uninterrupted):
+    def crash_after_second(task, state, record):
+        ck.save(state, record)
+        if task == 1:
+            raise _Crash
+
+    with TaskCheckpointer(tmp_path, CONFIG, 2, benchmark=BENCH) as ck, pytest.raises(_Crash):
+        run_task_sequence(CONFIG, data, seed=2, benchmark=BENCH, progress=False,
+                          on_task_end=crash_after_second)
+    folder = seed_dir(tmp_path, 2)
+    assert latest_task(folder) == 2
+    resume = restore_task(folder, CONFIG, 2)
+    with TaskCheckpointer(tmp_path, CONFIG, 2, benchmark=BENCH) as ck:
+        state, record = run_task_sequence(CONFIG, data, seed=2, benchmark=BENCH,
+                                          progress=False, on_task_end=ck, resume_from=resume)
+    assert saved_tasks(folder) == [1, 2, 3]
+    assert _without_seconds(record) == _without_seconds(uninterrupted[1])
+    _assert_same_state(state, uninterrupted[0])
+    assert len(record["seconds"]["per_task"]) == 3
+
+
+def test_interrupted_save_leaves_previous_checkpoint(saved_run, tmp_path, data, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    folder = seed_dir(root, 2)
+    state1, record1 = restore_task(folder, CONFIG, 2)
+
+    # A save that fails half way (after the state item, while writing the metadata).
+    def fail(self, *args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    state2 = run_task_sequence(CONFIG, data, seed=2, benchmark=BENCH, progress=False,
+                               resume_from=(state1, record1))  # all tasks, nothing saved
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "async_save", fail)
+        with pytest.raises(OSError, match="simulated"):
+            ck.save(state2[0], state2[1])
+        monkeypatch.undo()
+    assert any(".orbax-checkpoint-tmp" in p.name for p in folder.iterdir())  # half written
+    assert latest_task(folder) == 1
+    state, record = restore_task(folder, CONFIG, 2)
+    assert int(state.task) == 1 and record == record1
+    _assert_same_state(state, state1)
+    # A later save cleans the half-written step up and commits normally.
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        ck.save(state2[0], state2[1])
+    assert saved_tasks(folder) == [1, 3]
+    assert not any(".orbax-checkpoint-tmp" in p.name for p in folder.iterdir())
+
+
+def test_refuses_another_configuration(saved_run):
+    other = dataclasses.replace(CONFIG, learning_rate=0.07)
+    with pytest.raises(CheckpointError) as err:
+        restore_task(seed_dir(saved_run[0], 2), other, 2)
+    message = str(err.value)
+    assert "learning_rate" in message and "0.05" in message and "0.07" in message
+    assert "epochs" not in message  # only the fields that differ
+
+
+def test_refuses_another_seed(saved_run, tmp_path):
+    root = tmp_path / "ck"
+    shutil.copytree(seed_dir(saved_run[0], 2), seed_dir(root, 5))
+    with pytest.raises(CheckpointError, match="holds seed 2, not seed 5"):
+        restore_task(seed_dir(root, 5), CONFIG, 5)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip", "checksum"])
+def test_refuses_corrupt_checkpoint(saved_run, tmp_path, damage):
+    root = _copy_seed(saved_run, tmp_path)
+    folder = seed_dir(root, 2)
+    state_dir = folder / "3" / "state"
+    # orbax's OCDBT layout: the tree's root node in state/d/, the array data in
+    # state/ocdbt.process_0/d/ (a file may also hold unreferenced bytes, so damage them all).
+    data_files = sorted((state_dir / "ocdbt.process_0" / "d").iterdir())
+    if damage == "truncate":
+        for f in data_files:
+            f.write_bytes(f.read_bytes()[:10])
+    elif damage == "delete":
+        for f in (state_dir / "d").iterdir():
+            f.unlink()
+    elif damage == "flip":  # same sizes, different bytes inside the arrays' data
+        for f in data_files:
+            raw = bytearray(f.read_bytes())
+            raw[min(100, len(raw) - 1)] ^= 0xFF
+            f.write_bytes(bytes(raw))
+    else:  # silent damage that only the checksums can tell: a recorded leaf hash is off
+        meta_file = folder / "3" / "meta" / "metadata"
+        meta = json.loads(meta_file.read_text())
+        meta["leaf_sha256"][0] = "0" * 64
+        meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        restore_task(folder, CONFIG, 2)
+    message = str(err.value)
+    assert str(folder / "3") in message and "corrupt or truncated" in message
+    assert "delete that folder" in message and "--checkpoint-dir" in message
+    if damage == "checksum":
+        assert "SHA-256" in message
+    # The earlier steps are intact.
+    assert int(restore_task(folder, CONFIG, 2, task=2)[0].task) == 2
+
+
+def test_refuses_unreadable_metadata(saved_run, tmp_path):
+    root = _copy_seed(saved_run, tmp_path)
+    folder = seed_dir(root, 2)
+    (folder / "3" / "meta" / "metadata").write_text('{"format": 1, "conf')
+    with pytest.raises(CheckpointError, match=r"/3 \(after task 3\) is corrupt"):
+        restore_task(folder, CONFIG, 2)
+
+
+# ---- the experiments' command line, in-process on synthetic data ----------------------------
+
+def _cli(argv: list[str], data) -> dict:
+    return experiment_main(BENCH, "synthetic", "test", CONFIG, argv=["--quiet", *argv],
+                           load=lambda data_dir, quiet: data)
+
+
+def test_cli_refuses_checkpoints_of_another_configuration(saved_run, tmp_path, data, capsys):
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    with pytest.raises(SystemExit) as exit_:
+        _cli(["--seed", "2", "--checkpoint-dir", str(root), "--resume", "--lr", "0.07"], data)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "learning_rate" in err and "0.07" in err
+    assert saved_tasks(seed_dir(root, 2)) == [1]  # nothing was done
+
+
+def test_cli_refuses_existing_checkpoints_without_resume(saved_run, tmp_path, data, capsys):
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    with pytest.raises(SystemExit):
+        _cli(["--seed", "2", "--checkpoint-dir", str(root)], data)
+    assert "add --resume" in capsys.readouterr().err
+
+
+def test_cli_resume_continues_and_without_checkpoint_starts_fresh(
+    saved_run, tmp_path, data, uninterrupted, capsys
+):
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    payload = _cli(["--seeds", "2,3", "--checkpoint-dir", str(root), "--resume"], data)
+    err = capsys.readouterr().err
+    assert "seed 2] resuming from" in err and "(1/3 tasks done)" in err
+    assert f"no checkpoint in {seed_dir(root, 3)}, starting from scratch" in err
+    run2, run3 = payload["runs"]
+    assert _without_seconds(run2) == _without_seconds(uninterrupted[1])
+    assert saved_tasks(seed_dir(root, 2)) == [1, 2, 3]
+    assert saved_tasks(seed_dir(root, 3)) == [1, 2, 3]
+    fresh = run_task_sequence(CONFIG, data, seed=3, benchmark=BENCH, progress=False)[1]
+    assert _without_seconds(run3) == _without_seconds(fresh)
+
+
+# ---- inspection --------------------------------------------------------------------------------
+
+def test_inspect_report_on_tiny_checkpoint(saved_run, capsys):
+    root, _, record = saved_run
+    report, state, config = checkpoint_report(root, task=2)  # a folder holding one seed
+    assert config == CONFIG and int(state.task) == 2 and report["tasks_learned"] == 2
+    assert report["saved_tasks"] == [1, 2, 3] and report["seed"] == 2
+    assert report["connections_per_task"] == [list(CONFIG.connections_per_task)] * 2
+    assert report["free_neurons"] == [
+        n - 2 * s for n, s in zip(CONFIG.layer_sizes[1:-1], CONFIG.specific_neurons,
+                                  strict=True)
+    ]
+    assert report["reserved_neurons"] == [list(CONFIG.specific_neurons)] * 2
+    assert report["acc_matrix"] == record["acc_matrix"][:2]
+    text = format_report(report)
+    assert "tasks        2 of 3 learned" in text and "task 2: [60, 30, 8]" in text
+    assert "layer 1 (24): free 16, reserved 8 (per task [4, 4])" in text
+    assert inspect_main([str(seed_dir(root, 2)), "--no-eval"]) == 0
+    assert "tasks        3 of 3 learned" in capsys.readouterr().out
+
+
+# ---- real MNIST through the command line, killed and resumed ---------------------------------
+
+needs_mnist = pytest.mark.skipif(
+    not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets absent"
+)
+
+
+def _run(args: list[str], cache: Path, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != KILL_AFTER_TASK_ENV}
+    env = {**base, "SPACENET_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
+    cache = tmp_path / "cache"
+    common = ["-m", "experiments.split_mnist", "--seed", "1", "--epochs", "1", "--quiet",
+              "--data-dir", str(SHARED_DATASETS)]
+    whole = _run([*common, "--out", str(tmp_path / "whole")], cache)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    ck, out = tmp_path / "ck", tmp_path / "resumed"
+    killed = _run([*common, "--out", str(out), "--checkpoint-dir", str(ck)], cache,
+                  **{KILL_AFTER_TASK_ENV: "2"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert saved_tasks(seed_dir(ck, 1)) == [1, 2] and not (out / "results.json").exists()
+
+    resumed = _run([*common, "--out", str(out), "--checkpoint-dir", str(ck), "--resume"], cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "(2/5 tasks done)" in resumed.stderr
+    assert saved_tasks(seed_dir(ck, 1)) == [1, 2, 3, 4, 5]
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())["runs"]
+    b = json.loads((out / "results.json").read_text())["runs"]
+    assert [_without_seconds(r) for r in a] == [_without_seconds(r) for r in b]
+
+    shown = _run(["-m", "spacenet_jax.inspect", str(ck), "--task", "2",
+                  "--data-dir", str(SHARED_DATASETS)], cache)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "tasks        2 of 5 learned" in shown.stdout
+    assert "task 2: [10000, 1640, 80]" in shown.stdout
+    assert "layer 1 (400): free 320, reserved 80" in shown.stdout
+    row = b[0]["acc_matrix"][1][:2]
+    assert f"test accuracy per task learned: {row[0]:.4f} {row[1]:.4f}" in shown.stdout
