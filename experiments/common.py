@@ -339,6 +339,9 @@ def main(
       make_config: ``(args, defaults) -> config`` (default ``config_from_args``).
       load: ``(data_dir, quiet) -> dataset`` (default: ``load_dataset(dataset_name)``).
     """
+    from spacenet_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     parser = build_parser(description, defaults)
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds already in OUT/results.json and run the others; "

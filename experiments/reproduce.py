@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from spacenet_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     table = TABLES[args.table]

@@ -1,0 +1,232 @@
+"""Benchmark: split MNIST, whole process and training loop, against the dense-MLP floor.
+
+    python -m benchmarks.split_mnist --data-dir ../shared/datasets
+    python -m benchmarks.split_mnist --data-dir ../shared/datasets --repeats 5 --seeds 10
+
+Prints a table and writes JSON (default ``runs/benchmarks/split_mnist.json``):
+
+* whole process, one seed: ``python -m experiments.split_mnist --seed 0 --quiet`` as a fresh
+  subprocess (start-up, cached data, compilation, training, evaluation), median wall time over
+  ``--repeats`` runs with JAX's persistent compilation cache filled by a first (cold) run, its
+  CPU seconds and peak resident memory; also the cold run and a run with the cache off;
+* whole process, ``--seeds N`` seeds in one command;
+* in this process, one seed's training loop (``learn_task`` for every task: allocation,
+  epochs, drop and grow, reservation; no evaluation): compile time (first run minus the warm
+  median), time per task, training steps per second and the GFLOP/s they achieve;
+* the floor, measured in the same process: a plain dense MLP of the same shape trained with the
+  same loop (one ``lax.scan`` per epoch over the same on-device batches) for the same number of
+  steps, and the ratio SpaceNet / dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from experiments.common import write_json_atomic
+from experiments.split_mnist import SPLIT_MNIST
+from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.continual import learn_task, make_task_data
+from spacenet_jax.data import load_dataset, task_indices
+from spacenet_jax.network import forward, preprocess
+from spacenet_jax.state import init_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Runs a module as ``__main__`` and prints its own resource usage as the last stdout line.
+_CHILD = """
+import atexit, json, resource, runpy, sys
+def _report():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    print("BENCH " + json.dumps({"maxrss_kib": u.ru_maxrss, "cpu_s": u.ru_utime + u.ru_stime}))
+atexit.register(_report)
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def whole_process(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall time, CPU seconds and peak memory (MiB) of ``python -m <args>`` in a fresh process."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, check=False,
+    )
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
+    usage = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
+    return {"wall_s": wall, "cpu_s": usage["cpu_s"], "peak_mib": usage["maxrss_kib"] / 1024}
+
+
+def flops_per_step(config: SpaceNetConfig) -> float:
+    """Dense-masked MLP: forward 2*B*sum(fan_in*fan_out), backward twice that."""
+    weights = sum(a * b for a, b in zip(config.layer_sizes[:-1], config.layer_sizes[1:],
+                                        strict=True))
+    return 6.0 * config.batch_size * weights
+
+
+@partial(jax.jit, static_argnames="config")
+def _dense_epoch(params, opt_state, config: SpaceNetConfig, images, labels, batch_indices):
+    """The floor: plain SGD on a dense MLP of the same shape, one ``lax.scan`` per epoch."""
+    tx = optax.sgd(config.learning_rate)
+
+    def loss(p, x, y):
+        logits = forward(*p, preprocess(x, config), config)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def step(carry, index):
+        p, s = carry
+        g = jax.grad(loss)(p, images[index], labels[index])
+        updates, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, updates), s), None
+
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), batch_indices)
+    return params, opt_state
+
+
+def dense_floor(config: SpaceNetConfig, images, labels, steps: int, repeats: int) -> float:
+    """Seconds for ``steps`` dense steps with the same loop (median over ``repeats``)."""
+    key = jax.random.PRNGKey(0)
+    init = jax.nn.initializers.glorot_uniform()
+    shapes = [config.weight_shape(i) for i in range(config.num_layers)]
+    params = (
+        tuple(init(k, s) for k, s in zip(jax.random.split(key, len(shapes)), shapes,
+                                         strict=True)),
+        tuple(jnp.zeros(s[-1]) for s in shapes),
+    )
+    opt_state = optax.sgd(config.learning_rate).init(params)
+    images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+    per_epoch = images.shape[0] // config.batch_size // 5  # a task's worth of batches
+    epochs = -(-steps // per_epoch)
+    index = jax.random.randint(key, (per_epoch, config.batch_size), 0, images.shape[0])
+    jax.block_until_ready(_dense_epoch(params, opt_state, config, images, labels, index))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        p, s = params, opt_state
+        for _ in range(epochs):
+            p, s = _dense_epoch(p, s, config, images, labels, index)
+        jax.block_until_ready(p)
+        times.append((time.perf_counter() - start) * steps / (epochs * per_epoch))
+    return statistics.median(times)
+
+
+def training_loop(config: SpaceNetConfig, tasks: list, repeats: int) -> dict[str, Any]:
+    """One seed's whole training (allocate, train, rewire, reserve; no evaluation) in this
+    process: the first run compiles, later runs are timed (median)."""
+
+    def train() -> list[float]:
+        state = init_state(config, 0)
+        per_task = []
+        for task in tasks:
+            start = time.perf_counter()
+            state = learn_task(state, config, task)
+            jax.block_until_ready(state)
+            per_task.append(time.perf_counter() - start)
+        return per_task
+
+    first = train()
+    warm = [train() for _ in range(repeats)]
+    totals = [sum(w) for w in warm]
+    median = statistics.median(totals)
+    steps = sum(-(-t.num_examples // config.batch_size) for t in tasks) * config.epochs
+    return {
+        "steps": steps,
+        "first_run_s": sum(first),
+        "warm_run_s": median,
+        "compile_s": sum(first) - median,
+        "per_task_s": warm[totals.index(median)] if median in totals else warm[0],
+        "steps_per_s": steps / median,
+        "gflops": flops_per_step(config) * steps / median / 1e9,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None, help="e.g. ../shared/datasets")
+    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds of the many-seed measurement")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmarks/split_mnist.json"))
+    args = p.parse_args(argv)
+
+    config = SPLIT_MNIST
+    dataset = load_dataset("mnist", args.data_dir, verbose=False)  # fills the cache first
+    data_flag = ["--data-dir", args.data_dir] if args.data_dir else []
+    one_seed = ["experiments.split_mnist", "--seed", "0", "--quiet", *data_flag]
+    with tempfile.TemporaryDirectory() as compiled:
+        # A fresh persistent compilation cache: the first run compiles everything (cold), the
+        # repeats read the compiled programs back (warm), as a user's second run does.
+        env = {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": compiled}
+        cold = whole_process(one_seed, env)
+        one = [whole_process(one_seed, env) for _ in range(args.repeats)]
+        many = whole_process(["experiments.split_mnist", "--seeds", f"0-{args.seeds - 1}",
+                              "--quiet", *data_flag], env)
+        no_cache = whole_process(one_seed, {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": "off"})
+    tasks = make_task_data(dataset.train_images, dataset.train_labels,
+                           task_indices(dataset.train_labels, config.task_classes),
+                           config.batch_size)
+    loop = training_loop(config, tasks, args.repeats)
+    floor = dense_floor(config, tasks[0].images, tasks[0].labels, loop["steps"], args.repeats)
+
+    result = {
+        "device": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "one_seed_process": {
+            "wall_s_median": statistics.median(r["wall_s"] for r in one),
+            "runs": one,
+            "cold_compilation_cache": cold,
+            "compilation_cache_off": no_cache,
+        },
+        "many_seeds_process": {"seeds": args.seeds, **many,
+                               "ratio_to_one_seed": many["wall_s"] / statistics.median(
+                                   r["wall_s"] for r in one)},
+        "training_loop": loop,
+        "dense_floor": {"steps": loop["steps"], "seconds": floor,
+                        "gflops": flops_per_step(config) * loop["steps"] / floor / 1e9},
+        "ratio_spacenet_to_dense": loop["warm_run_s"] / floor,
+    }
+    write_json_atomic(args.out, result)
+    o = result["one_seed_process"]
+    rows = [
+        ("one seed, whole process (median wall)", f"{o['wall_s_median']:.2f} s"),
+        ("  CPU seconds / peak memory", f"{one[0]['cpu_s']:.1f} s / {one[0]['peak_mib']:.0f} MiB"),
+        ("  first run, empty compilation cache", f"{cold['wall_s']:.2f} s, "
+         f"{cold['peak_mib']:.0f} MiB"),
+        ("  compilation cache off", f"{no_cache['wall_s']:.2f} s, {no_cache['peak_mib']:.0f} MiB"),
+        (f"{args.seeds} seeds, whole process", f"{many['wall_s']:.2f} s "
+         f"({result['many_seeds_process']['ratio_to_one_seed']:.2f}x one seed)"),
+        ("compile (first training minus warm)", f"{loop['compile_s']:.2f} s"),
+        ("training loop, one seed (warm)", f"{loop['warm_run_s']:.2f} s "
+         f"({', '.join(f'{t:.2f}' for t in loop['per_task_s'])} per task)"),
+        ("training steps / s", f"{loop['steps_per_s']:.0f} ({loop['steps']} steps)"),
+        ("achieved GFLOP/s", f"{loop['gflops']:.0f}"),
+        ("dense floor, same steps and loop", f"{floor:.2f} s "
+         f"({result['dense_floor']['gflops']:.0f} GFLOP/s)"),
+        ("SpaceNet / dense", f"{result['ratio_spacenet_to_dense']:.2f}x"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"split MNIST benchmark on {result['device']} ({result['cpu_count']} CPUs), "
+          f"JAX {result['jax']}")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    print(f"written: {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The benchmark's helpers and the persistent compilation cache (nothing here is timed)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import pytest
+
+from benchmarks.split_mnist import flops_per_step, whole_process
+from experiments.split_mnist import SPLIT_MNIST
+from spacenet_jax.compile_cache import enable_compilation_cache
+
+
+def test_flops_of_a_dense_masked_step():
+    # 784*400 + 400*400 + 400*10 = 477600 weights; 6 FLOPs per weight and example.
+    assert flops_per_step(SPLIT_MNIST) == 6 * 128 * 477600
+
+
+def test_whole_process_reports_wall_cpu_and_memory():
+    usage = whole_process(["json.tool", "--help"], dict(os.environ))
+    assert usage["wall_s"] > 0 and usage["cpu_s"] > 0 and 5 < usage["peak_mib"] < 2000
+    with pytest.raises(SystemExit, match="benchmark run failed"):
+        whole_process(["no_such_module_here"], dict(os.environ))
+
+
+@pytest.fixture
+def restore_cache_config():
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_compilation_cache_is_enabled_where_asked(tmp_path, monkeypatch, restore_cache_config):
+    monkeypatch.setenv("SPACENET_COMPILATION_CACHE_DIR", str(tmp_path / "cc"))
+    assert enable_compilation_cache() == tmp_path / "cc"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cc")
+    monkeypatch.setenv("SPACENET_COMPILATION_CACHE_DIR", "off")
+    assert enable_compilation_cache() is None
