@@ -579,6 +579,24 @@ def _find_cifar_dir(name: str, data_dir: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def _from_splits(
+    name: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+) -> ImageDataset:
+    """An ImageDataset from ``{"train": (images, labels), "test": (images, labels)}``."""
+    return ImageDataset(
+        name=name,
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        num_classes=num_classes,
+        image_shape=image_shape,
+    )
+
+
 def _load_cifar_binary(name: str, data_dir: pathlib.Path, *, verbose: bool) -> ImageDataset:
     fmt = _CIFAR[name]
     folder = _find_cifar_dir(name, data_dir)
@@ -590,15 +608,7 @@ def _load_cifar_binary(name: str, data_dir: pathlib.Path, *, verbose: bool) -> I
             np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]),
         )
-    dataset = ImageDataset(
-        name=name,
-        train_images=splits["train"][0],
-        train_labels=splits["train"][1],
-        test_images=splits["test"][0],
-        test_labels=splits["test"][1],
-        num_classes=fmt.num_classes,
-        image_shape=CIFAR_IMAGE_SHAPE,
-    )
+    dataset = _from_splits(name, splits, fmt.num_classes, CIFAR_IMAGE_SHAPE)
     _verify(
         dataset,
         source=f"the binary batches in {folder}",
@@ -745,15 +755,7 @@ def _load_with_tfds(name: str, data_dir: pathlib.Path | None, *, verbose: bool) 
             f"(tfds folder {tfds_root}): {_one_line(err)}. Fix: {_tfds_fix(name, err, manual)}"
         ) from err
 
-    dataset = ImageDataset(
-        name=name,
-        train_images=splits["train"][0],
-        train_labels=splits["train"][1],
-        test_images=splits["test"][0],
-        test_labels=splits["test"][1],
-        num_classes=_num_classes(name),
-        image_shape=_image_shape(name),
-    )
+    dataset = _from_splits(name, splits, _num_classes(name), _image_shape(name))
     _verify(
         dataset,
         source=f"tensorflow-datasets (prepared in {tfds_root} from {origin})",
