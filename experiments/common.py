@@ -68,6 +68,11 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     g.add_argument("--out", type=Path, default=None, help="write OUT/results.json")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument(
+        "--seed-batch", type=int, default=None,
+        help="seeds trained together as one vmapped program, sharded over every device "
+        "(default: all of them; a CNN on the CPU: 1, one seed after another)",
+    )
+    g.add_argument(
         "--checkpoint-dir", type=Path, default=None,
         help="save an orbax checkpoint of the whole state after every task, in "
         "CHECKPOINT_DIR/seed_<seed>/<tasks learned>; with --resume, an unfinished seed "
@@ -202,6 +207,32 @@ def read_finished_runs(path: Path, config: SpaceNetConfig, benchmark: str) -> li
     return runs
 
 
+def default_seed_batch(config: SpaceNetConfig, num_seeds: int) -> int:
+    """All seeds as one vmapped program, except a CNN on the CPU: one seed at a time there,
+    through the per-step path (XLA:CPU runs convolutions inside loops far slower)."""
+    import jax
+
+    return 1 if config.is_cnn and jax.default_backend() == "cpu" else max(num_seeds, 1)
+
+
+def seed_batches(
+    seeds: list[int],
+    resume_from: dict[int, tuple[Any, dict[str, Any]]],
+    seed_batch: int,
+) -> list[list[int]]:
+    """Split ``seeds`` into the batches that run together: seeds resuming from the same task
+    share a batch (fresh seeds first), at most ``seed_batch`` seeds each."""
+    groups: dict[int, list[int]] = {}
+    for seed in seeds:
+        start = len(resume_from[seed][1]["acc_matrix"]) if seed in resume_from else 0
+        groups.setdefault(start, []).append(seed)
+    return [
+        group[i : i + seed_batch]
+        for _, group in sorted(groups.items())
+        for i in range(0, len(group), seed_batch)
+    ]
+
+
 def run_seeds(
     config: SpaceNetConfig,
     dataset: ImageDataset,
@@ -214,47 +245,64 @@ def run_seeds(
     checkpoint_dir: Path | None = None,
     dataset_name: str | None = None,
     resume_from: dict[int, tuple[Any, dict[str, Any]]] | None = None,
+    seed_batch: int | None = None,
 ) -> dict[str, Any]:
-    """Run every seed (skipping those in ``finished``), rewriting ``out`` after each one.
+    """Run every seed (skipping those in ``finished``), rewriting ``out`` after each batch.
 
-    With ``checkpoint_dir``, every task's state and record is saved (``TaskCheckpointer``) in
-    ``checkpoint_dir/seed_<seed>``; ``resume_from`` maps a seed to the ``(state, record)`` it
-    continues from (``restore_task``).
+    Seeds run ``seed_batch`` at a time (default ``default_seed_batch``) as one vmapped program
+    sharded over every device (``run_task_sequences``); a batch of one runs
+    ``run_task_sequence``. With ``checkpoint_dir``, every task's state and record of every seed
+    is saved (``TaskCheckpointer``) in ``checkpoint_dir/seed_<seed>``; ``resume_from`` maps a
+    seed to the ``(state, record)`` it continues from (``restore_task``).
 
-    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json``. A crash
-    loses at most the seed in progress (with checkpoints, at most the task in progress).
+    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json`` (runs in the
+    order of ``seeds``). A crash loses at most the batch in progress (with checkpoints, at most
+    the task in progress).
     """
-    from spacenet_jax.runner import run_task_sequence
+    from spacenet_jax.runner import run_task_sequence, run_task_sequences
 
-    done = {r["seed"]: r for r in finished or []}
-    runs: list[dict[str, Any]] = []
-    payload: dict[str, Any] = {}
-    for seed in seeds:
-        if seed in done:
-            runs.append(done[seed])
-            if progress:
+    resume_from = resume_from or {}
+    records = {r["seed"]: r for r in finished or []}
+    todo = [s for s in seeds if s not in records]
+    if progress:
+        for seed in seeds:
+            if seed in records:
                 print(f"[{benchmark} {config.method} seed {seed}] already in {out}, skipped",
                       file=sys.stderr)
-        else:
-            checkpointer = (
-                TaskCheckpointer(checkpoint_dir, config, seed, benchmark=benchmark,
-                                 dataset=dataset_name)
-                if checkpoint_dir is not None else None
-            )
-            try:
-                _, record = run_task_sequence(
+    batch_size = seed_batch or default_seed_batch(config, len(todo))
+    payload: dict[str, Any] = {}
+    for batch in seed_batches(todo, resume_from, batch_size) or [[]]:
+        checkpointers = {
+            seed: TaskCheckpointer(checkpoint_dir, config, seed, benchmark=benchmark,
+                                   dataset=dataset_name)
+            for seed in batch if checkpoint_dir is not None
+        }
+        on_task_end = _checkpoint_callback(checkpointers) if checkpointers else None
+        try:
+            if len(batch) == 1:
+                seed = batch[0]
+                _, records[seed] = run_task_sequence(
                     config, dataset, seed, benchmark=benchmark, progress=progress,
-                    on_task_end=_checkpoint_callback(checkpointer) if checkpointer else None,
-                    resume_from=(resume_from or {}).get(seed),
+                    on_task_end=(lambda t, st, r, s=seed, f=on_task_end: f(s, t, st, r))
+                    if on_task_end else None,
+                    resume_from=resume_from.get(seed),
                 )
-            except ConfigError as err:  # CapacityError: found on the device during a task
-                kept = f"; the {len(runs)} finished seed(s) are in {out}" if runs and out else ""
-                print(f"error ({config.method}, seed {seed}): {err}{kept}", file=sys.stderr)
-                raise SystemExit(2) from None
-            finally:
-                if checkpointer is not None:
-                    checkpointer.close()
-            runs.append(record)
+            elif batch:
+                results = run_task_sequences(
+                    config, dataset, batch, benchmark=benchmark, progress=progress,
+                    on_task_end=on_task_end,
+                    resume_from={s: resume_from[s] for s in batch if s in resume_from},
+                )
+                records.update({s: r for s, (_, r) in zip(batch, results, strict=True)})
+        except ConfigError as err:  # CapacityError: found on the device during a task
+            kept = (f"; the {len(records)} finished seed(s) are in {out}"
+                    if records and out else "")
+            print(f"error ({config.method}, seeds {batch}): {err}{kept}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            for checkpointer in checkpointers.values():
+                checkpointer.close()
+        runs = [records[s] for s in seeds if s in records]
         payload = {"runs": runs, "summary": summarize_runs(runs)}
         payload["summary"].update(benchmark=benchmark, method=config.method)
         if out is not None:
@@ -267,11 +315,11 @@ def run_seeds(
 KILL_AFTER_TASK_ENV = "SPACENET_TEST_KILL_AFTER_TASK"
 
 
-def _checkpoint_callback(checkpointer: TaskCheckpointer):
+def _checkpoint_callback(checkpointers: dict[int, TaskCheckpointer]):
     kill_after = os.environ.get(KILL_AFTER_TASK_ENV)
 
-    def on_task_end(task: int, state: Any, record: dict[str, Any]) -> None:
-        step = checkpointer.save(state, record)  # returns once the step is on disk
+    def on_task_end(seed: int, task: int, state: Any, record: dict[str, Any]) -> None:
+        step = checkpointers[seed].save(state, record)  # returns once the step is on disk
         if kill_after and step == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -355,6 +403,8 @@ def main(
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    if args.seed_batch is not None and args.seed_batch < 1:
+        parser.error(f"--seed-batch must be at least 1, not {args.seed_batch}")
     if args.resume and args.out is None and args.checkpoint_dir is None:
         parser.error("--resume needs --out (the folder whose results.json to continue) or "
                      "--checkpoint-dir")
@@ -384,7 +434,7 @@ def main(
     payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
                         progress=not args.quiet, finished=finished,
                         checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
-                        resume_from=resume_from)
+                        resume_from=resume_from, seed_batch=args.seed_batch)
     print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
     if out is not None:

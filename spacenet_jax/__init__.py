@@ -13,7 +13,9 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
 * ``reservation``  -- Algorithm 4: reserve each task's most important neurons;
 * ``output_layer`` -- store a finished task's output columns, restore them for prediction;
 * ``stages``       -- what each training stage sees (rehearsal's replay, joint's pooling);
-* ``continual``    -- Algorithm 1: begin, learn and end a task;
+* ``continual``    -- Algorithm 1: begin, learn and end a task (an epoch and its rewiring as
+  one compiled program);
+* ``multiseed``    -- many seeds as one program: the seed as a vmapped axis, sharded over devices;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
 * ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
   CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3;
@@ -29,6 +31,7 @@ from spacenet_jax.continual import (
     end_task,
     learn_task,
     make_task_data,
+    train_epoch_and_rewire,
 )
 from spacenet_jax.importance import neuron_importance
 from spacenet_jax.network import forward, predict
@@ -67,6 +70,7 @@ __all__ = [
     "select_neurons",
     "store_output_weights",
     "train_epoch",
+    "train_epoch_and_rewire",
     "train_epoch_stepwise",
     "train_step",
     "training_stages",

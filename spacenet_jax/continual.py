@@ -6,9 +6,11 @@ finished task's output columns live (frozen, but in the network, so that replaye
 their classes' logits); the dense ``finetune`` and ``joint`` claim every connection for the
 current task and reserve nothing; ``joint`` learns all tasks in one stage.
 
-``begin_task`` and ``end_task`` are jitted pure functions of the state; ``learn_task`` is the
-host-side loop over epochs (one compiled ``train_epoch`` + ``rewire`` per epoch), which is the
-only place that talks to the host, once per epoch, for progress and capacity checks.
+``begin_task``, ``end_task`` and ``train_epoch_and_rewire`` (an epoch's ``lax.scan`` over batches,
+then drop and grow, as one compiled program) are jitted pure functions of the state;
+``learn_task`` is the host-side loop over epochs. It reads nothing back from the device during a
+task unless asked for per-epoch progress, and then only the epoch's metrics and rewiring
+shortfall (a few numbers).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,10 @@ from spacenet_jax.state import SpaceNetState, make_optimizer
 from spacenet_jax.training import EpochMetrics, train_epoch, train_epoch_stepwise
 
 Array = jax.Array
+
+#: ``(state, config, images, labels, task_indices, num_examples, rewire_after)`` ->
+#: ``(state, metrics, shortfall)``: ``train_epoch_and_rewire`` or its CPU-CNN variant.
+EpochFunction = Callable[..., tuple[SpaceNetState, EpochMetrics, Array]]
 
 
 class CapacityError(ConfigError):
@@ -86,55 +93,161 @@ class TaskData:
     num_examples: int
 
 
+def pad_stage_indices(
+    task_example_indices: list[np.ndarray], batch_size: int
+) -> tuple[np.ndarray, list[int]]:
+    """Pad every task's example indices to one length: the longest task rounded up to a
+    whole batch, so the compiled epoch is reused by every task.
+
+    Returns:
+      int32 ``(T, length)`` padded indices and the ``T`` real counts.
+    """
+    longest = max(len(ix) for ix in task_example_indices)
+    length = -(-longest // batch_size) * batch_size
+    padded = np.zeros((len(task_example_indices), length), np.int32)
+    for t, ix in enumerate(task_example_indices):
+        padded[t, : len(ix)] = ix
+    return padded, [len(ix) for ix in task_example_indices]
+
+
 def make_task_data(
     images: np.ndarray | Array,
     labels: np.ndarray | Array,
     task_example_indices: list[np.ndarray],
     batch_size: int,
 ) -> list[TaskData]:
-    """Put the training set on the device once and pad every task to the same step count.
-
-    All tasks share one padded length (the largest task rounded up to a whole batch), so the
-    compiled epoch is reused by every task.
-    """
+    """Put the training set on the device once and pad every task to the same step count."""
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, jnp.int32)
-    longest = max(len(ix) for ix in task_example_indices)
-    length = -(-longest // batch_size) * batch_size
-    tasks = []
-    for ix in task_example_indices:
-        padded = np.zeros(length, np.int32)
-        padded[: len(ix)] = ix
-        tasks.append(TaskData(images, labels, jnp.asarray(padded), len(ix)))
-    return tasks
+    padded, counts = pad_stage_indices(task_example_indices, batch_size)
+    return [
+        TaskData(images, labels, jnp.asarray(ix), n)
+        for ix, n in zip(padded, counts, strict=True)
+    ]
 
 
-def _check_allocation(report: dict[str, Array], task: int) -> None:
-    report = jax.device_get(report)
-    for h, short in enumerate(np.atleast_1d(report["neuron_shortfall"])):
-        if short:
+def _per_seed(values: Any, seeds: list[int] | None) -> tuple[Any, list[str]]:
+    """Host copies with a leading seed axis (added when ``seeds`` is None), and row labels."""
+    values = jax.tree.map(np.asarray, jax.device_get(values))
+    if seeds is None:
+        return jax.tree.map(lambda x: x[None], values), [""]
+    return values, [f"seed {s}, " for s in seeds]
+
+
+def check_allocation(
+    report: dict[str, Array], task: int, seeds: list[int] | None = None
+) -> None:
+    """Raise ``CapacityError`` if ``begin_task``'s report has a shortfall.
+
+    With ``seeds``, every entry of ``report`` has a leading seed axis (a vmapped run).
+    """
+    report, where = _per_seed(report, seeds)
+    for row, tag in enumerate(where):
+        for h, short in enumerate(report["neuron_shortfall"][row]):
+            if short:
+                raise CapacityError(
+                    f"{tag}task {task}, hidden layer {h + 1}: {short} too few free neurons to "
+                    f"select from; lower selected_neurons or specific_neurons"
+                )
+        for layer, short in enumerate(report["connection_shortfall"][row]):
+            if short:
+                raise CapacityError(
+                    f"{tag}task {task}, layer {layer}: only "
+                    f"{report['candidate_positions'][row][layer]} free positions between the "
+                    f"selected neurons, {short} short of the connections asked for; lower "
+                    f"connections_per_task[{layer}] or select more neurons"
+                )
+
+
+def check_rewiring(
+    shortfall: Array, task: int, epoch: int, seeds: list[int] | None = None
+) -> None:
+    """Raise ``CapacityError`` if an epoch's rewiring could not regrow what it dropped.
+
+    ``shortfall``: int ``(num_layers,)``, or ``(seeds, num_layers)`` with ``seeds`` given.
+    """
+    shortfall, where = _per_seed(shortfall, seeds)
+    for short, tag in zip(shortfall, where, strict=True):
+        if short.any():
+            layer = int(np.argmax(short))
             raise CapacityError(
-                f"task {task}, hidden layer {h + 1}: {short} too few free neurons to select "
-                f"from; lower selected_neurons or specific_neurons"
-            )
-    for layer, short in enumerate(report["connection_shortfall"]):
-        if short:
-            raise CapacityError(
-                f"task {task}, layer {layer}: only {report['candidate_positions'][layer]} free "
-                f"positions between the selected neurons, {short} short of the connections "
-                f"asked for; lower connections_per_task[{layer}] or select more neurons"
+                f"{tag}task {task}, epoch {epoch}, layer {layer}: {short[layer]} too few free "
+                f"positions between the selected neurons to regrow the dropped connections; "
+                f"lower rewire_ratio or connections_per_task[{layer}]"
             )
 
 
 EpochCallback = Callable[[int, int, EpochMetrics], None]
 
 
-def epoch_function(config: SpaceNetConfig):
-    """``train_epoch`` (one ``lax.scan``), or ``train_epoch_stepwise`` for a CNN on the CPU,
-    where XLA runs convolutions inside a loop body many times slower."""
+def rewire_if(
+    state: SpaceNetState, config: SpaceNetConfig, rewire_now: Array
+) -> tuple[SpaceNetState, Array]:
+    """``rewire`` when the bool scalar ``rewire_now`` is true (``lax.cond``), else nothing.
+
+    Returns the state and the per-layer regrowth shortfall, int32 ``(num_layers,)``. Methods
+    that never rewire compile no rewiring at all.
+    """
+    nothing = jnp.zeros((config.num_layers,), jnp.int32)
+    if not config.rewired_layers:
+        return state, nothing
+    return jax.lax.cond(
+        rewire_now, lambda s: rewire(s, config), lambda s: (s, nothing), state
+    )
+
+
+@partial(jax.jit, static_argnames="config")
+def train_epoch_and_rewire(
+    state: SpaceNetState,
+    config: SpaceNetConfig,
+    images: Array,
+    labels: Array,
+    task_indices: Array,
+    num_examples: Array,
+    rewire_after: Array,
+) -> tuple[SpaceNetState, EpochMetrics, Array]:
+    """One epoch of Algorithm 1 (lines 11-13) as a single compiled program.
+
+    ``train_epoch`` (a ``lax.scan`` over the epoch's batches), then, if the bool scalar
+    ``rewire_after`` is true (every epoch but the last), drop and grow (Algorithm 3).
+
+    Args: those of ``train_epoch``, and ``rewire_after``.
+
+    Returns:
+      ``(state, metrics, shortfall)``: ``shortfall`` int32 ``(num_layers,)`` counts connections
+      that could not be regrown (non-zero means the configuration is out of capacity).
+    """
+    state, metrics = train_epoch(state, config, images, labels, task_indices, num_examples)
+    state, shortfall = rewire_if(state, config, rewire_after)
+    return state, metrics, shortfall
+
+
+_jit_rewire_if = jax.jit(rewire_if, static_argnames="config")
+
+
+def train_epoch_and_rewire_stepwise(
+    state: SpaceNetState,
+    config: SpaceNetConfig,
+    images: Array,
+    labels: Array,
+    task_indices: Array,
+    num_examples: Array,
+    rewire_after: Array,
+) -> tuple[SpaceNetState, EpochMetrics, Array]:
+    """``train_epoch_and_rewire`` built on ``train_epoch_stepwise`` (CNNs on the CPU)."""
+    state, metrics = train_epoch_stepwise(
+        state, config, images, labels, task_indices, num_examples
+    )
+    state, shortfall = _jit_rewire_if(state, config, rewire_after)
+    return state, metrics, shortfall
+
+
+def epoch_function(config: SpaceNetConfig) -> EpochFunction:
+    """``train_epoch_and_rewire`` (one program per epoch), or its stepwise variant for a CNN on
+    the CPU, where XLA runs convolutions inside a loop body many times slower."""
     if config.is_cnn and jax.default_backend() == "cpu":
-        return train_epoch_stepwise
-    return train_epoch
+        return train_epoch_and_rewire_stepwise
+    return train_epoch_and_rewire
 
 
 def learn_task(
@@ -163,23 +276,21 @@ def learn_task(
             f"all {config.num_tasks} tasks of the config are learned; nothing left to learn"
         )
     state, report = begin_task(state, config)
-    _check_allocation(report, task)
+    check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
     run_epoch = epoch_function(config)
+    pending = []  # without on_epoch, nothing is read back before the task ends
     for epoch in range(config.epochs):
-        state, metrics = run_epoch(
-            state, config, data.images, data.labels, data.indices, num_examples
+        state, metrics, shortfall = run_epoch(
+            state, config, data.images, data.labels, data.indices, num_examples,
+            jnp.asarray(epoch < config.epochs - 1),
         )
-        if epoch < config.epochs - 1 and config.rewired_layers:
-            state, shortfall = rewire(state, config)
-            short = np.asarray(shortfall)
-            if short.any():
-                layer = int(np.argmax(short))
-                raise CapacityError(
-                    f"task {task}, epoch {epoch}, layer {layer}: {short[layer]} too few free "
-                    f"positions between the selected neurons to regrow the dropped connections; "
-                    f"lower rewire_ratio or connections_per_task[{layer}]"
-                )
+        pending.append((epoch, metrics, shortfall))
         if on_epoch is not None:
-            on_epoch(task, epoch, jax.device_get(metrics))
+            for epoch, metrics, shortfall in jax.device_get(pending):
+                check_rewiring(shortfall, task, epoch)
+                on_epoch(task, epoch, metrics)
+            pending = []
+    for epoch, _, shortfall in jax.device_get(pending):
+        check_rewiring(shortfall, task, epoch)
     return end_task(state, config)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +16,17 @@ from spacenet_jax.state import SpaceNetState
 
 def predict_in_chunks(
     state: SpaceNetState, config: SpaceNetConfig, images: np.ndarray | jax.Array,
-    chunk: int = 2000,
+    chunk: int = 2000, predict_fn: Callable[..., jax.Array] | None = None,
 ) -> np.ndarray:
     """``predict`` over ``images`` ``(N, D)`` in fixed-size chunks (one compilation; the last
-    chunk is padded), so a CNN's activations for a whole test set never sit in memory at once."""
+    chunk is padded), so a CNN's activations for a whole test set never sit in memory at once.
+
+    ``predict_fn(state, images)`` (default ``predict`` with ``config``) may return a leading
+    seed axis, ``(S, chunk)``, as ``multiseed.predict_seeds`` does: the result is then
+    ``(S, N)``.
+    """
+    if predict_fn is None:
+        predict_fn = partial(predict, config=config)
     n = images.shape[0]
     chunk = min(chunk, n)
     out = []
@@ -27,8 +35,29 @@ def predict_in_chunks(
         if part.shape[0] < chunk:
             pad = jnp.zeros((chunk - part.shape[0], *part.shape[1:]), part.dtype)
             part = jnp.concatenate([jnp.asarray(part), pad])
-        out.append(np.asarray(predict(state, config, part)))
-    return np.concatenate(out)[:n]
+        out.append(np.asarray(predict_fn(state, images=part)))
+    return np.concatenate(out, axis=-1)[..., :n]
+
+
+def task_accuracies(
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    task_example_indices: Sequence[np.ndarray],
+    learned: int,
+) -> tuple[list[float | None], float]:
+    """Per-task accuracy of ``predictions`` ``(N,)`` and the accuracy of the learned tasks'
+    examples pooled; tasks ``>= learned`` get ``None``."""
+    per_task: list[float | None] = []
+    hits = total = 0
+    for t, index in enumerate(task_example_indices):
+        if t >= learned:
+            per_task.append(None)
+            continue
+        correct = int(np.sum(predictions[index] == labels[index]))
+        per_task.append(correct / len(index))
+        hits += correct
+        total += len(index)
+    return per_task, (hits / total if total else float("nan"))
 
 
 def evaluate_tasks(
@@ -52,17 +81,7 @@ def evaluate_tasks(
       ``(per_task, overall)``: per-task accuracies and the accuracy over the learned tasks'
       examples pooled.
     """
-    learned = int(state.task)
     predictions = predict_in_chunks(state, config, images)
-    labels = np.asarray(labels)
-    per_task: list[float | None] = []
-    hits = total = 0
-    for t, index in enumerate(task_example_indices):
-        if t >= learned:
-            per_task.append(None)
-            continue
-        correct = int(np.sum(predictions[index] == labels[index]))
-        per_task.append(correct / len(index))
-        hits += correct
-        total += len(index)
-    return per_task, (hits / total if total else float("nan"))
+    return task_accuracies(
+        predictions, np.asarray(labels), task_example_indices, int(state.task)
+    )

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -19,13 +20,15 @@ from tqdm.auto import tqdm
 
 from spacenet_jax import metrics
 from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.continual import learn_task, make_task_data
+from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.data import ImageDataset, task_indices
-from spacenet_jax.evaluation import evaluate_tasks
+from spacenet_jax.evaluation import predict_in_chunks, task_accuracies
 from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
 
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
+#: ``(seed, task, state, partial_record)``, called for every seed of a batch after each task.
+SeedTaskEndCallback = Callable[[int, int, SpaceNetState, dict[str, Any]], None]
 
 
 def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
@@ -72,7 +75,7 @@ def run_task_sequence(
     on_task_end: TaskEndCallback | None = None,
     resume_from: tuple[SpaceNetState, dict[str, Any]] | None = None,
 ) -> tuple[SpaceNetState, dict[str, Any]]:
-    """Learn ``config.task_classes`` one task after the other on ``dataset``.
+    """Learn ``config.task_classes`` one task after the other on ``dataset``, for one seed.
 
     After each task the network is evaluated on the test sets of all tasks learned so far
     (single-headed, over every class seen), which fills one row of the accuracy matrix. The
@@ -96,37 +99,164 @@ def run_task_sequence(
       The final state and the run record (see ``results.json`` in the README).
     """
     check_dataset(config, dataset)
+    stages = training_stages(config, task_indices(dataset.train_labels, config.task_classes), seed)
+    train_tasks = make_task_data(
+        dataset.train_images, dataset.train_labels, stages, config.batch_size
+    )
+    if resume_from is not None:
+        state = jax.device_put(resume_from[0])
+        _check_resume(config, seed, benchmark, state, resume_from[1])
+    else:
+        state = init_state(config, seed)
+
+    def predict_all(state: SpaceNetState, images: jax.Array) -> np.ndarray:
+        return predict_in_chunks(state, config, images)[None]
+
+    callback = None if on_task_end is None else lambda _s, t, st, r: on_task_end(t, st, r)
+    states, records = _run_sequence(
+        config, dataset, [seed], state,
+        learn=lambda st, t, on_epoch: learn_task(st, config, train_tasks[t], on_epoch),
+        predict=predict_all, split=lambda st: [st],
+        done=None if resume_from is None else [resume_from[1]],
+        benchmark=benchmark, progress=progress, on_task_end=callback,
+    )
+    return states[0], records[0]
+
+
+def run_task_sequences(
+    config: SpaceNetConfig,
+    dataset: ImageDataset,
+    seeds: list[int],
+    *,
+    benchmark: str = "split_mnist",
+    progress: bool = True,
+    on_task_end: SeedTaskEndCallback | None = None,
+    resume_from: dict[int, tuple[SpaceNetState, dict[str, Any]]] | None = None,
+    devices: list[jax.Device] | None = None,
+) -> list[tuple[SpaceNetState, dict[str, Any]]]:
+    """``run_task_sequence`` for several seeds at once: one vmapped program per epoch.
+
+    The seed is a batched axis of the state (``spacenet_jax.multiseed``), sharded over
+    ``devices`` (default: every device, of every host after ``jax.distributed.initialize``; as
+    few as give the fewest rounds, see ``seed_devices``). Each seed's state and record are
+    those of ``run_task_sequence`` with that seed (the tests check it), except for ``seconds``,
+    which are the batch's, and ``batch``, which names the seeds that ran together.
+
+    Args:
+      seeds: distinct seeds.
+      on_task_end: called as ``on_task_end(seed, task, state, partial_record)`` for every seed
+        after each task.
+      resume_from: per seed, ``(state, record)`` to continue from; seeds given here must all be
+        at the same task, and every other seed starts fresh, so either every seed or none of
+        them is in it (``experiments.common`` groups the seeds by where they resume).
+      Other arguments: as for ``run_task_sequence``.
+
+    Returns:
+      ``(state, record)`` per seed, in the order of ``seeds``.
+    """
+    from spacenet_jax import multiseed
+
+    check_dataset(config, dataset)
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds must be distinct and at least one: {seeds}")
+    resume_from = resume_from or {}
+    if resume_from and set(resume_from) != set(seeds):
+        raise ValueError("resume_from must cover every seed or none (group seeds by task)")
+    for seed, (state, record) in resume_from.items():
+        _check_resume(config, seed, benchmark, state, record)
+    if len({int(state.task) for state, _ in resume_from.values()}) > 1:
+        raise ValueError("the resumed seeds are at different tasks; run each group alone")
+
+    devices = multiseed.seed_devices(len(seeds), devices)
+    mesh = multiseed.seed_mesh(devices)  # None for one device: plain vmap
+    shard = partial(multiseed.shard_seeds, mesh=mesh, device=devices[0])
+    replicate = partial(multiseed.replicate, mesh=mesh, device=devices[0])
+    padded = multiseed.pad_seeds(seeds, len(devices))
+    task_examples = task_indices(dataset.train_labels, config.task_classes)
+    # Per seed, (stages, length) example indices; every seed's stage t has the same count.
+    stage_indices = [
+        pad_stage_indices(training_stages(config, task_examples, seed), config.batch_size)
+        for seed in padded
+    ]
+    images, labels = replicate(
+        (np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32))
+    )
+    train_tasks = [
+        TaskData(
+            images, labels,
+            shard(np.stack([ix[t] for ix, _ in stage_indices])),
+            stage_indices[0][1][t],
+        )
+        for t in range(config.num_stages)
+    ]
+    if resume_from:
+        singles = [jax.device_put(resume_from[seed][0]) for seed in padded]
+    else:
+        singles = [init_state(config, seed) for seed in padded]
+    states = shard(multiseed.stack_states(singles))
+    del singles
+
+    def predict_all(states: SpaceNetState, test_images: jax.Array) -> np.ndarray:
+        predict = partial(multiseed.predict_seeds, config=config, mesh=mesh)
+        return predict_in_chunks(states, config, test_images, predict_fn=predict)[: len(seeds)]
+
+    states, records = _run_sequence(
+        config, dataset, seeds, states,
+        learn=lambda st, t, on_epoch: multiseed.learn_tasks(
+            st, config, train_tasks[t], padded, on_epoch, mesh
+        ),
+        predict=predict_all,
+        split=lambda st: multiseed.unstack_states(st, len(seeds)),
+        done=[resume_from[s][1] for s in seeds] if resume_from else None,
+        benchmark=benchmark, progress=progress, on_task_end=on_task_end,
+        test_images=replicate(np.asarray(dataset.test_images)),
+        devices=len(devices),
+    )
+    return list(zip(states, records, strict=True))
+
+
+def _run_sequence(
+    config: SpaceNetConfig,
+    dataset: ImageDataset,
+    seeds: list[int],
+    states: Any,
+    *,
+    learn: Callable[[Any, int, Callable | None], Any],
+    predict: Callable[[Any, jax.Array], np.ndarray],
+    split: Callable[[Any], list[SpaceNetState]],
+    done: list[dict[str, Any]] | None,
+    benchmark: str,
+    progress: bool,
+    on_task_end: SeedTaskEndCallback | None,
+    test_images: jax.Array | None = None,
+    devices: int = 1,
+) -> tuple[list[SpaceNetState], list[dict[str, Any]]]:
+    """The task loop shared by one seed and a batch of seeds.
+
+    ``states`` is one state (a single seed) or a batched one; ``learn(states, stage, on_epoch)``
+    learns a stage, ``predict(states, images)`` gives int ``(S, N)`` predictions and
+    ``split(states)`` the per-seed states. ``done``: per seed, the record to continue from.
+    """
     start = time.perf_counter()
     stages = config.num_stages
     unit = "stage" if config.joint else "task"  # joint learns every task in one stage
-    train_tasks = make_task_data(
-        dataset.train_images,
-        dataset.train_labels,
-        training_stages(config, task_indices(dataset.train_labels, config.task_classes), seed),
-        config.batch_size,
-    )
     test_index = task_indices(dataset.test_labels, config.task_classes)
-    test_images = jax.device_put(dataset.test_images)
-    state = init_state(config, seed)
+    if test_images is None:
+        test_images = jax.device_put(dataset.test_images)
+    test_labels = np.asarray(dataset.test_labels)
 
-    acc_matrix: list[list[float | None]] = []
-    overall: list[float] = []
-    free_neurons: list[list[int]] = []
-    task_seconds: list[float] = []
+    logs = [_SeedLog() for _ in seeds]
     first = 0
-    if resume_from is not None:
-        state, done = resume_from
-        state = jax.device_put(state)
-        _check_resume(config, seed, benchmark, state, done)
-        acc_matrix = [list(row) for row in done["acc_matrix"]]
-        overall = [done["final_overall_acc"]]  # only the latest one enters the record
-        free_neurons = [list(row) for row in done["free_neurons"]]
-        task_seconds = list(done["seconds"]["per_task"])
-        start -= done["seconds"]["total"]
-        first = len(acc_matrix)
+    if done is not None:
+        for log, record in zip(logs, done, strict=True):
+            log.resume(record)
+        start -= done[0]["seconds"]["total"]
+        first = len(done[0]["acc_matrix"])
     # A live bar on a terminal; one plain line per epoch in logs (CI, nohup, files).
     interactive = progress and sys.stderr.isatty()
-    tag = f"{benchmark} {config.method} seed {seed}"
+    tag = f"{benchmark} {config.method} {_seed_label(seeds)}"
+    if devices > 1:
+        tag += f" on {devices} devices"
     bar = tqdm(
         total=stages * config.epochs, initial=first * config.epochs, desc=tag,
         disable=not interactive,
@@ -134,9 +264,11 @@ def run_task_sequence(
     )
 
     def on_epoch(task: int, epoch: int, m: Any) -> None:
+        loss, acc = np.mean(m.loss), np.mean(m.accuracy)
+        over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
         line = (
             f"{unit} {task + 1}/{stages} epoch {epoch + 1}/{config.epochs} "
-            f"loss {float(m.loss):.4f} train acc {float(m.accuracy):.4f}"
+            f"loss {loss:.4f} train acc {acc:.4f}{over}"
         )
         if interactive:
             bar.set_postfix_str(line)
@@ -144,39 +276,84 @@ def run_task_sequence(
         elif progress:
             print(f"[{tag}] {line}", file=sys.stderr, flush=True)
 
-    record: dict[str, Any] = {}
+    records: list[dict[str, Any]] = [{} for _ in seeds]
+    singles: list[SpaceNetState] = []
     if first:
-        record = _record(
-            benchmark, seed, config, acc_matrix, overall, state, free_neurons,
-            task_seconds, time.perf_counter() - start,
-        )
+        singles = split(states)
+        records = [
+            log.record(benchmark, seed, config, st, time.perf_counter() - start, seeds)
+            for log, seed, st in zip(logs, seeds, singles, strict=True)
+        ]
     for t in range(first, stages):
         task_start = time.perf_counter()
-        state = learn_task(state, config, train_tasks[t], on_epoch=on_epoch)
-        row, pooled = evaluate_tasks(
-            state, config, test_images, dataset.test_labels, test_index
-        )
-        acc_matrix.append(row)
-        overall.append(pooled)
-        free_neurons.append(free_neuron_counts(state))
-        task_seconds.append(time.perf_counter() - task_start)
+        states = learn(states, t, on_epoch)
+        predictions = np.asarray(predict(states, test_images))
+        singles = split(states)
+        seconds = time.perf_counter() - task_start
+        for log, st, pred in zip(logs, singles, predictions, strict=True):
+            row, pooled = task_accuracies(pred, test_labels, test_index, int(st.task))
+            log.add(row, pooled, free_neuron_counts(st), seconds)
         if progress:
-            seen = [a for a in row if a is not None]
-            shown = " ".join(f"{a:.3f}" for a in seen)
+            rows = [[a for a in log.acc_matrix[-1] if a is not None] for log in logs]
+            mean = np.mean([np.mean(r) for r in rows])
+            shown = " ".join(f"{a:.3f}" for a in np.mean(rows, axis=0))
+            over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
             bar.write(
-                f"[{tag}] {unit} {t + 1}/{stages} done in "
-                f"{task_seconds[-1]:.1f}s: test accuracy per task {shown} | "
-                f"mean {np.mean(seen):.4f}",
+                f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: test accuracy per "
+                f"task {shown} | mean {mean:.4f}{over}",
                 file=sys.stderr,
             )
-        record = _record(
-            benchmark, seed, config, acc_matrix, overall, state, free_neurons,
-            task_seconds, time.perf_counter() - start,
-        )
+        total = time.perf_counter() - start
+        records = [
+            log.record(benchmark, seed, config, st, total, seeds)
+            for log, seed, st in zip(logs, seeds, singles, strict=True)
+        ]
         if on_task_end is not None:
-            on_task_end(t, state, record)
+            for seed, st, record in zip(seeds, singles, records, strict=True):
+                on_task_end(seed, t, st, record)
     bar.close()
-    return state, record
+    return singles, records
+
+
+def _seed_label(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ",".join(map(str, seeds))
+
+
+class _SeedLog:
+    """What one seed's record accumulates task after task."""
+
+    def __init__(self) -> None:
+        self.acc_matrix: list[list[float | None]] = []
+        self.overall: list[float] = []
+        self.free_neurons: list[list[int]] = []
+        self.task_seconds: list[float] = []
+
+    def resume(self, record: dict[str, Any]) -> None:
+        self.acc_matrix = [list(row) for row in record["acc_matrix"]]
+        self.overall = [record["final_overall_acc"]]  # only the latest one enters the record
+        self.free_neurons = [list(row) for row in record["free_neurons"]]
+        self.task_seconds = list(record["seconds"]["per_task"])
+
+    def add(self, row: list[float | None], pooled: float, free: list[int], seconds: float):
+        self.acc_matrix.append(row)
+        self.overall.append(pooled)
+        self.free_neurons.append(free)
+        self.task_seconds.append(seconds)
+
+    def record(
+        self, benchmark: str, seed: int, config: SpaceNetConfig, state: SpaceNetState,
+        total_seconds: float, batch: list[int],
+    ) -> dict[str, Any]:
+        record = _record(
+            benchmark, seed, config, self.acc_matrix, self.overall, state, self.free_neurons,
+            self.task_seconds, total_seconds,
+        )
+        record["batch"] = list(batch)
+        return record
 
 
 def _check_resume(

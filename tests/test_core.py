@@ -26,6 +26,7 @@ from spacenet_jax import (
     rewire,
     store_output_weights,
     train_epoch,
+    train_epoch_and_rewire,
     train_step,
 )
 from spacenet_jax.data import task_indices
@@ -345,7 +346,7 @@ def test_learn_tasks_invariants_after_each_task_and_capacity_accounting():
 def test_no_recompilation_across_tasks():
     config = dataclasses.replace(TINY, epochs=2)
     data = synthetic_dataset()
-    functions = (begin_task, end_task, train_epoch, rewire, predict)
+    functions = (begin_task, end_task, train_epoch_and_rewire, predict)
     for f in functions:
         f.clear_cache()
     state = init_state(config, 0)
