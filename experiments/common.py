@@ -79,6 +79,17 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
         "continues from its latest one",
     )
 
+    d = p.add_argument_group(
+        "several hosts (a TPU pod slice, GPU machines): start the same command on every host"
+    )
+    d.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first: the seeds are sharded over "
+                   "every host's devices; process 0 prints and writes the results")
+    d.add_argument("--coordinator-address", default=None,
+                   help="HOST:PORT of process 0 (default: detected on TPU pods, SLURM, Open MPI)")
+    d.add_argument("--num-processes", type=int, default=None, help="number of processes")
+    d.add_argument("--process-id", type=int, default=None, help="this process's index")
+
     h = p.add_argument_group("hyper-parameters (defaults: the paper's)")
     if defaults.is_cnn:  # the CNN experiments add --width / --dense and derive the counts
         h.add_argument("--connections", type=parse_int_list, default=None,
@@ -366,6 +377,24 @@ def plan_resume(
     return plans
 
 
+def start_distributed(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+    """``jax.distributed.initialize`` (before any computation), with CPU collectives enabled
+    so that results can be gathered between CPU processes too."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and in process 0 of a distributed one."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def main(
     benchmark: str,
     dataset_name: str,
@@ -403,6 +432,13 @@ def main(
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    if args.distributed:
+        if args.checkpoint_dir is not None:
+            parser.error("--checkpoint-dir is not supported with --distributed yet: results.json "
+                         "is still rewritten after every batch of seeds")
+        start_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    if not is_main_process():  # the other processes compute and stay quiet
+        args.quiet, args.out = True, None
     if args.seed_batch is not None and args.seed_batch < 1:
         parser.error(f"--seed-batch must be at least 1, not {args.seed_batch}")
     if args.resume and args.out is None and args.checkpoint_dir is None:
@@ -435,6 +471,8 @@ def main(
                         progress=not args.quiet, finished=finished,
                         checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
                         resume_from=resume_from, seed_batch=args.seed_batch)
+    if not is_main_process():
+        return payload
     print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
     if out is not None:

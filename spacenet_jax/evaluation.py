@@ -33,8 +33,9 @@ def predict_in_chunks(
     for start in range(0, n, chunk):
         part = images[start : start + chunk]
         if part.shape[0] < chunk:
-            pad = jnp.zeros((chunk - part.shape[0], *part.shape[1:]), part.dtype)
-            part = jnp.concatenate([jnp.asarray(part), pad])
+            xp = np if isinstance(part, np.ndarray) else jnp
+            pad = xp.zeros((chunk - part.shape[0], *part.shape[1:]), part.dtype)
+            part = xp.concatenate([part, pad])
         out.append(np.asarray(predict_fn(state, images=part)))
     return np.concatenate(out, axis=-1)[..., :n]
 

@@ -91,6 +91,16 @@ def replicate(tree: Tree, mesh: Mesh | None, device: jax.Device | None = None) -
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def to_host(tree: Tree) -> Tree:
+    """Numpy copies of every leaf, whole even when the seed axis spans several hosts (then
+    gathered from every process with ``process_allgather``, which every process must call)."""
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def pad_seeds(values: Sequence, multiple: int) -> list:
     """Repeat the last entry until the length is a multiple of ``multiple`` (padding seeds,
     whose results are computed and thrown away, so that every device gets as many)."""
@@ -202,9 +212,9 @@ def learn_tasks(
     Raises:
       CapacityError: some seed ran out of neurons, connections or regrowth positions.
     """
-    task = int(states.task[0])
+    task = int(to_host(states.task)[0])
     states, report = begin_tasks(states, config, mesh)
-    check_allocation(report, task, seeds)
+    check_allocation(to_host(report), task, seeds)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
     pending = []
     for epoch in range(config.epochs):
@@ -214,10 +224,10 @@ def learn_tasks(
         )
         pending.append((epoch, metrics, shortfall))
         if on_epoch is not None:
-            for epoch, metrics, shortfall in jax.device_get(pending):
+            for epoch, metrics, shortfall in to_host(pending):
                 check_rewiring(shortfall, task, epoch, seeds)
                 on_epoch(task, epoch, metrics)
             pending = []
-    for epoch, _, shortfall in jax.device_get(pending):
+    for epoch, _, shortfall in to_host(pending):
         check_rewiring(shortfall, task, epoch, seeds)
     return end_tasks(states, config, mesh)

@@ -196,9 +196,18 @@ def run_task_sequences(
     states = shard(multiseed.stack_states(singles))
     del singles
 
-    def predict_all(states: SpaceNetState, test_images: jax.Array) -> np.ndarray:
-        predict = partial(multiseed.predict_seeds, config=config, mesh=mesh)
+    def predict_all(states: SpaceNetState, test_images: np.ndarray) -> np.ndarray:
+        def predict(states: SpaceNetState, images: np.ndarray) -> np.ndarray:
+            return multiseed.to_host(
+                multiseed.predict_seeds(states, config, replicate(images), mesh)
+            )
+
         return predict_in_chunks(states, config, test_images, predict_fn=predict)[: len(seeds)]
+
+    def split(states: SpaceNetState) -> list[SpaceNetState]:
+        if jax.process_count() > 1:  # gather every seed to every host, then slice on the host
+            states = multiseed.to_host(states)
+        return multiseed.unstack_states(states, len(seeds))
 
     states, records = _run_sequence(
         config, dataset, seeds, states,
@@ -206,10 +215,10 @@ def run_task_sequences(
             st, config, train_tasks[t], padded, on_epoch, mesh
         ),
         predict=predict_all,
-        split=lambda st: multiseed.unstack_states(st, len(seeds)),
+        split=split,
         done=[resume_from[s][1] for s in seeds] if resume_from else None,
         benchmark=benchmark, progress=progress, on_task_end=on_task_end,
-        test_images=replicate(np.asarray(dataset.test_images)),
+        test_images=np.asarray(dataset.test_images),
         devices=len(devices),
     )
     return list(zip(states, records, strict=True))

@@ -195,3 +195,45 @@ def test_sharded_over_8_cpu_devices_equals_one_device():
     assert [c["devices_used"] for c in report["cases"]] == [8, 2]
     assert all(c["equal"] for c in report["cases"])
     assert not any(report["collectives"].values())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_equal_one_process(tmp_path, data):
+    """jax.distributed with two CPU processes of two devices each: the seeds are sharded over
+    four devices in two processes; process 0 writes results.json, equal to a one-process run."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "SPACENET_COMPILATION_CACHE_DIR": "off",
+           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    port, out = str(_free_port()), tmp_path / "out"
+    workers = [
+        subprocess.Popen([sys.executable, str(TESTS / "distributed_worker.py"), str(i), "2",
+                          port, str(out)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, stderr) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, stderr[-4000:]
+    assert "final average accuracy over 4 seed(s)" in outputs[0][0]
+    # Process 1 computes and stays quiet (gloo's own connection lines aside).
+    assert "accuracy" not in outputs[1][0] and "epoch" not in outputs[1][1]
+    assert "on 4 devices" in outputs[0][1]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    alone = run_task_sequences(TINY, data, [0, 1, 2, 3], benchmark=BENCH, progress=False,
+                               devices=jax.devices()[:1])
+    assert [_without_timing(r) for r in runs] == [_without_timing(r) for _, r in alone]
+
+
+def test_cli_refuses_checkpoints_with_distributed(tmp_path, data, capsys):
+    with pytest.raises(SystemExit):
+        _cli(["--distributed", "--checkpoint-dir", str(tmp_path / "ck")], data)
+    assert "--checkpoint-dir is not supported with --distributed" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()
