@@ -9,13 +9,17 @@ Prints a table and writes JSON (default ``runs/benchmarks/split_mnist.json``):
   subprocess (start-up, cached data, compilation, training, evaluation), median wall time over
   ``--repeats`` runs with JAX's persistent compilation cache filled by a first (cold) run, its
   CPU seconds and peak resident memory; also the cold run and a run with the cache off;
-* whole process, ``--seeds N`` seeds in one command;
+* whole process, ``--seeds N`` seeds in one command: as one vmapped program (the default) and
+  one seed after another (``--seed-batch 1``), with the ratio of each to one seed;
 * in this process, one seed's training loop (``learn_task`` for every task: allocation,
   epochs, drop and grow, reservation; no evaluation): compile time (first run minus the warm
   median), time per task, training steps per second and the GFLOP/s they achieve;
 * the floor, measured in the same process: a plain dense MLP of the same shape trained with the
   same loop (one ``lax.scan`` per epoch over the same on-device batches) for the same number of
-  steps, and the ratio SpaceNet / dense.
+  steps, and the ratio SpaceNet / dense;
+* in this process, ``--seeds N`` seeds' training loop as one vmapped program
+  (``multiseed.learn_tasks``, warm), against N times one seed's: on a GPU or TPU the batch
+  costs far less than N single runs, on a CPU about the same.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ import optax
 
 from experiments.common import write_json_atomic
 from experiments.split_mnist import SPLIT_MNIST
+from spacenet_jax import multiseed
 from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.continual import learn_task, make_task_data
+from spacenet_jax.continual import TaskData, learn_task, make_task_data
 from spacenet_jax.data import load_dataset, task_indices
 from spacenet_jax.network import forward, preprocess
 from spacenet_jax.state import init_state
@@ -155,6 +160,29 @@ def training_loop(config: SpaceNetConfig, tasks: list, repeats: int) -> dict[str
     }
 
 
+def seeds_training_loop(config: SpaceNetConfig, tasks: list, seeds: int, repeats: int):
+    """``seeds`` seeds' whole training as one vmapped program (on the default device), in this
+    process: first run (compiles) and the warm median."""
+    indices = [
+        TaskData(t.images, t.labels, jnp.stack([t.indices] * seeds), t.num_examples)
+        for t in tasks
+    ]
+    names = list(range(seeds))
+
+    def train() -> float:
+        states = multiseed.stack_states([init_state(config, s) for s in names])
+        jax.block_until_ready(states)
+        start = time.perf_counter()
+        for task in indices:
+            states = multiseed.learn_tasks(states, config, task, names)
+        jax.block_until_ready(states)
+        return time.perf_counter() - start
+
+    first = train()
+    warm = statistics.median(train() for _ in range(repeats))
+    return {"seeds": seeds, "first_run_s": first, "warm_run_s": warm}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="e.g. ../shared/datasets")
@@ -173,14 +201,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": compiled}
         cold = whole_process(one_seed, env)
         one = [whole_process(one_seed, env) for _ in range(args.repeats)]
-        many = whole_process(["experiments.split_mnist", "--seeds", f"0-{args.seeds - 1}",
-                              "--quiet", *data_flag], env)
+        many_seeds = ["experiments.split_mnist", "--seeds", f"0-{args.seeds - 1}", "--quiet",
+                      *data_flag]
+        many = whole_process(many_seeds, env)
+        one_by_one = whole_process([*many_seeds, "--seed-batch", "1"], env)
         no_cache = whole_process(one_seed, {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": "off"})
     tasks = make_task_data(dataset.train_images, dataset.train_labels,
                            task_indices(dataset.train_labels, config.task_classes),
                            config.batch_size)
     loop = training_loop(config, tasks, args.repeats)
     floor = dense_floor(config, tasks[0].images, tasks[0].labels, loop["steps"], args.repeats)
+    batched = seeds_training_loop(config, tasks, args.seeds, args.repeats)
+    batched["ratio_to_one_seed"] = batched["warm_run_s"] / loop["warm_run_s"]
 
     result = {
         "device": jax.devices()[0].device_kind,
@@ -195,6 +227,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "many_seeds_process": {"seeds": args.seeds, **many,
                                "ratio_to_one_seed": many["wall_s"] / statistics.median(
                                    r["wall_s"] for r in one)},
+        "many_seeds_one_by_one_process": {
+            "seeds": args.seeds, **one_by_one,
+            "ratio_to_one_seed": one_by_one["wall_s"] / statistics.median(
+                r["wall_s"] for r in one)},
+        "many_seeds_training_loop": batched,
         "training_loop": loop,
         "dense_floor": {"steps": loop["steps"], "seconds": floor,
                         "gflops": flops_per_step(config) * loop["steps"] / floor / 1e9},
@@ -208,8 +245,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("  first run, empty compilation cache", f"{cold['wall_s']:.2f} s, "
          f"{cold['peak_mib']:.0f} MiB"),
         ("  compilation cache off", f"{no_cache['wall_s']:.2f} s, {no_cache['peak_mib']:.0f} MiB"),
-        (f"{args.seeds} seeds, whole process", f"{many['wall_s']:.2f} s "
-         f"({result['many_seeds_process']['ratio_to_one_seed']:.2f}x one seed)"),
+        (f"{args.seeds} seeds, whole process, one vmapped program",
+         f"{many['wall_s']:.2f} s ({result['many_seeds_process']['ratio_to_one_seed']:.2f}x "
+         f"one seed), {many['peak_mib']:.0f} MiB"),
+        (f"{args.seeds} seeds, whole process, one by one",
+         f"{one_by_one['wall_s']:.2f} s "
+         f"({result['many_seeds_one_by_one_process']['ratio_to_one_seed']:.2f}x one seed), "
+         f"{one_by_one['peak_mib']:.0f} MiB"),
         ("compile (first training minus warm)", f"{loop['compile_s']:.2f} s"),
         ("training loop, one seed (warm)", f"{loop['warm_run_s']:.2f} s "
          f"({', '.join(f'{t:.2f}' for t in loop['per_task_s'])} per task)"),
@@ -218,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("dense floor, same steps and loop", f"{floor:.2f} s "
          f"({result['dense_floor']['gflops']:.0f} GFLOP/s)"),
         ("SpaceNet / dense", f"{result['ratio_spacenet_to_dense']:.2f}x"),
+        (f"training loop, {args.seeds} seeds vmapped (warm)",
+         f"{batched['warm_run_s']:.2f} s ({batched['ratio_to_one_seed']:.2f}x one seed)"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"split MNIST benchmark on {result['device']} ({result['cpu_count']} CPUs), "

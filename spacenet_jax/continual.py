@@ -196,7 +196,7 @@ def rewire_if(
     )
 
 
-@partial(jax.jit, static_argnames="config")
+@partial(jax.jit, static_argnames="config", donate_argnames="state")
 def train_epoch_and_rewire(
     state: SpaceNetState,
     config: SpaceNetConfig,

@@ -37,3 +37,18 @@ def test_compilation_cache_is_enabled_where_asked(tmp_path, monkeypatch, restore
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cc")
     monkeypatch.setenv("SPACENET_COMPILATION_CACHE_DIR", "off")
     assert enable_compilation_cache() is None
+
+
+def test_seeds_training_loop_times_a_vmapped_batch():
+    from conftest import TINY, synthetic_dataset
+
+    from benchmarks.split_mnist import seeds_training_loop
+    from spacenet_jax.continual import make_task_data
+    from spacenet_jax.data import task_indices
+
+    data = synthetic_dataset()
+    tasks = make_task_data(data.train_images, data.train_labels,
+                           task_indices(data.train_labels, TINY.task_classes), TINY.batch_size)
+    result = seeds_training_loop(TINY, tasks, seeds=3, repeats=1)
+    assert result["seeds"] == 3
+    assert result["first_run_s"] > 0 and 0 < result["warm_run_s"] < result["first_run_s"]
