@@ -237,7 +237,7 @@ def _run_sequence(
     benchmark: str,
     progress: bool,
     on_task_end: SeedTaskEndCallback | None,
-    test_images: jax.Array | None = None,
+    test_images: np.ndarray | jax.Array | None = None,
     devices: int = 1,
 ) -> tuple[list[SpaceNetState], list[dict[str, Any]]]:
     """The task loop shared by one seed and a batch of seeds.
