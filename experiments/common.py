@@ -68,6 +68,11 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     g.add_argument("--out", type=Path, default=None, help="write OUT/results.json")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument(
+        "--dry-run", action="store_true",
+        help="print the capacity plan (neurons and connections per layer per task, capacity "
+        "used at the end; with --out also OUT/capacity_plan.json) and stop before loading data",
+    )
+    g.add_argument(
         "--seed-batch", type=int, default=None,
         help="seeds trained together as one vmapped program, sharded over every device "
         "(default: all of them; a CNN on the CPU: 1, one seed after another)",
@@ -432,6 +437,15 @@ def main(
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    if args.dry_run:
+        from spacenet_jax.capacity import capacity_plan, format_plan
+
+        plan = capacity_plan(config)
+        print(format_plan(plan))
+        if args.out is not None:
+            write_json_atomic(args.out / "capacity_plan.json", plan)
+            print(f"written: {args.out / 'capacity_plan.json'}")
+        return {"plan": plan}
     if args.distributed:
         if args.checkpoint_dir is not None:
             parser.error("--checkpoint-dir is not supported with --distributed yet: results.json "

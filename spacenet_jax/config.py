@@ -326,12 +326,8 @@ def validate(config: SpaceNetConfig) -> None:
         count = config.connections_per_task[layer]
         if count <= 0:
             _fail(f"layer {layer}: connections_per_task must be positive, got {count}")
-        for t, classes in enumerate(config.task_classes):
-            fan_in = config.mask_shape(0)[0] if layer == 0 else _selected(config, layer - 1, t)
-            if config.input_units(layer) is not None:  # flattened features of the maps
-                h, w, _ = config.conv_output_shape
-                fan_in *= h * w
-            fan_out = len(classes) if layer == L - 1 else _selected(config, layer, t)
+        for t in range(config.num_tasks):
+            fan_in, fan_out = selected_fan(config, layer, t)
             k = config.rewire_counts[layer]
             positions = fan_in * fan_out
             if count + k > positions:
@@ -344,12 +340,28 @@ def validate(config: SpaceNetConfig) -> None:
                 )
 
 
-def _selected(config: SpaceNetConfig, hidden: int, task: int) -> int:
-    """How many neurons of a hidden layer task ``task`` selects (all free ones, or sel)."""
+def selected_count(config: SpaceNetConfig, hidden: int, task: int) -> int:
+    """How many neurons of hidden layer ``hidden`` (0-based) task ``task`` selects: ``sel``, or
+    every free one (the layer minus what ``task`` earlier tasks reserved)."""
     if config.selects_all(hidden):
         n = config.layer_sizes[hidden + 1]
         return n - task * config.specific_neurons[hidden]
     return config.selected_neurons[hidden]
+
+
+def selected_fan(config: SpaceNetConfig, layer: int, task: int) -> tuple[int, int]:
+    """``(fan_in, fan_out)``: the rows and columns of weight matrix ``layer`` between task
+    ``task``'s selected units (every input; the task's classes at the output), so the task's
+    connections must fit in ``fan_in * fan_out`` positions (kernels for conv layers)."""
+    last = config.num_layers - 1
+    fan_in = config.mask_shape(0)[0] if layer == 0 else selected_count(config, layer - 1, task)
+    if config.input_units(layer) is not None:  # the flattened features of the maps
+        h, w, _ = config.conv_output_shape
+        fan_in *= h * w
+    fan_out = (
+        len(config.task_classes[task]) if layer == last else selected_count(config, layer, task)
+    )
+    return fan_in, fan_out
 
 
 def _validate_cnn(config: SpaceNetConfig) -> None:
