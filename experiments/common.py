@@ -23,6 +23,7 @@ from spacenet_jax.checkpoint import (
     seed_dir,
 )
 from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig, parse_int_list
+from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
 
 
@@ -310,7 +311,7 @@ def run_seeds(
                     resume_from={s: resume_from[s] for s in batch if s in resume_from},
                 )
                 records.update({s: r for s, (_, r) in zip(batch, results, strict=True)})
-        except ConfigError as err:  # CapacityError: found on the device during a task
+        except (ConfigError, DivergenceError) as err:  # found on the device during a task
             kept = (f"; the {len(records)} finished seed(s) are in {out}"
                     if records and out else "")
             print(f"error ({config.method}, seeds {batch}): {err}{kept}", file=sys.stderr)

@@ -26,6 +26,7 @@ from spacenet_jax.allocation import allocate_connections, claim_all_connections,
 from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig
 from spacenet_jax.continual import (
     CapacityError,
+    DivergenceError,
     TaskData,
     begin_task,
     end_task,
@@ -49,6 +50,7 @@ __all__ = [
     "METHODS",
     "CapacityError",
     "ConfigError",
+    "DivergenceError",
     "SpaceNetConfig",
     "SpaceNetState",
     "TaskData",

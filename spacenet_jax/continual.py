@@ -43,6 +43,11 @@ class CapacityError(ConfigError):
     """A task found too few free neurons or free positions (detected on the device)."""
 
 
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite: the task is abandoned before it ends, so the
+    checkpoint after the previous task stays the latest one."""
+
+
 @partial(jax.jit, static_argnames="config")
 def begin_task(
     state: SpaceNetState, config: SpaceNetConfig
@@ -177,6 +182,23 @@ def check_rewiring(
             )
 
 
+def check_finite(
+    metrics: EpochMetrics, task: int, epoch: int, config: SpaceNetConfig,
+    seeds: list[int] | None = None,
+) -> None:
+    """Raise ``DivergenceError`` if an epoch's loss became NaN or infinite (per seed with
+    ``seeds``), naming the task, the epoch and the first bad step."""
+    steps, where = _per_seed(metrics.nonfinite_step, seeds)
+    for step, tag in zip(steps, where, strict=True):
+        if step >= 0:
+            raise DivergenceError(
+                f"{tag}task {task}, epoch {epoch}, step {step}: the training loss is NaN or "
+                f"infinite; lower the learning rate (now {config.learning_rate}) or the "
+                f"momentum (now {config.momentum}). The task was abandoned: the checkpoint "
+                f"after the previous task, if any, is the last good one"
+            )
+
+
 EpochCallback = Callable[[int, int, EpochMetrics], None]
 
 
@@ -269,6 +291,7 @@ def learn_task(
 
     Raises:
       CapacityError: the task could not get its neurons, connections or regrowth positions.
+      DivergenceError: the loss became NaN or infinite.
     """
     task = int(state.task)
     if task >= config.num_tasks:
@@ -288,9 +311,11 @@ def learn_task(
         pending.append((epoch, metrics, shortfall))
         if on_epoch is not None:
             for epoch, metrics, shortfall in jax.device_get(pending):
+                check_finite(metrics, task, epoch, config)
                 check_rewiring(shortfall, task, epoch)
                 on_epoch(task, epoch, metrics)
             pending = []
-    for epoch, _, shortfall in jax.device_get(pending):
+    for epoch, metrics, shortfall in jax.device_get(pending):
+        check_finite(metrics, task, epoch, config)
         check_rewiring(shortfall, task, epoch)
     return end_task(state, config)

@@ -32,6 +32,7 @@ from spacenet_jax.continual import (
     TaskData,
     begin_task,
     check_allocation,
+    check_finite,
     check_rewiring,
     end_task,
     train_epoch_and_rewire,
@@ -211,6 +212,7 @@ def learn_tasks(
 
     Raises:
       CapacityError: some seed ran out of neurons, connections or regrowth positions.
+      DivergenceError: some seed's loss became NaN or infinite.
     """
     task = int(to_host(states.task)[0])
     states, report = begin_tasks(states, config, mesh)
@@ -225,9 +227,11 @@ def learn_tasks(
         pending.append((epoch, metrics, shortfall))
         if on_epoch is not None:
             for epoch, metrics, shortfall in to_host(pending):
+                check_finite(metrics, task, epoch, config, seeds)
                 check_rewiring(shortfall, task, epoch, seeds)
                 on_epoch(task, epoch, metrics)
             pending = []
-    for epoch, _, shortfall in to_host(pending):
+    for epoch, metrics, shortfall in to_host(pending):
+        check_finite(metrics, task, epoch, config, seeds)
         check_rewiring(shortfall, task, epoch, seeds)
     return end_tasks(states, config, mesh)

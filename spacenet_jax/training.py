@@ -132,10 +132,12 @@ def train_step(
 
 @struct.dataclass
 class EpochMetrics:
-    """Mean training loss and accuracy over the epoch's examples."""
+    """Mean training loss and accuracy over the epoch's examples, and ``nonfinite_step``: the
+    first step (0-based, int32) whose loss was NaN or infinite, or -1 if none was."""
 
     loss: Array
     accuracy: Array
+    nonfinite_step: Array
 
 
 def _epoch_plan(
@@ -157,8 +159,11 @@ def _epoch_plan(
 
 def _epoch_metrics(metrics: StepMetrics) -> EpochMetrics:
     count = jnp.maximum(jnp.sum(metrics.count), 1.0)
+    bad = ~jnp.isfinite(metrics.loss_sum)
     return EpochMetrics(
-        loss=jnp.sum(metrics.loss_sum) / count, accuracy=jnp.sum(metrics.correct) / count
+        loss=jnp.sum(metrics.loss_sum) / count,
+        accuracy=jnp.sum(metrics.correct) / count,
+        nonfinite_step=jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32),
     )
 
 
