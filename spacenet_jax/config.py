@@ -269,6 +269,11 @@ def validate(config: SpaceNetConfig) -> None:
             )
     if not 0.0 <= config.rewire_ratio < 1.0:
         _fail(f"rewire_ratio must be in [0, 1), got {config.rewire_ratio}")
+    if config.rewire and config.rewire_ratio == 0.0:
+        _fail(
+            f"rewire_ratio=0 never drops or grows a connection, which is Static-SparseNN: use "
+            f"method 'static' (--method static), or a ratio in (0, 1) for {config.method}"
+        )
     if config.learning_rate <= 0:
         _fail(f"learning_rate must be positive, got {config.learning_rate}")
     if not 0.0 <= config.momentum < 1.0:
@@ -294,6 +299,12 @@ def validate(config: SpaceNetConfig) -> None:
             if c in seen:
                 _fail(f"class {c} appears in task {seen[c]} and task {t}: tasks must not overlap")
             seen[c] = t
+    unused = sorted(set(range(sizes[-1])) - set(seen))
+    if unused:
+        _fail(
+            f"the output layer has {sizes[-1]} units but no task names classes {unused}: every "
+            f"class must belong to a task (or shrink layer_sizes[-1] to the classes used)"
+        )
 
     if not config.sparse:
         return  # a dense network: the sparsity settings are not used

@@ -93,11 +93,19 @@ def test_paper_defaults():
         ({"task_classes": ((0, 1), (10, 11))}, "names class 10"),
         ({"task_classes": ((0, 1), ())}, "no classes"),
         ({"epochs": 0}, "positive"),
+        ({"task_classes": ((0, 1), (2, 3))}, r"no task names classes \[4, 5, 6, 7, 8, 9\]"),
+        ({"rewire_ratio": 0.0}, "use method 'static'"),
+        ({"rewire_ratio": 0.0, "method": "rehearsal"}, "use method 'static'"),
     ],
 )
 def test_impossible_configurations_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(SpaceNetConfig(), **changes)
+
+
+def test_static_and_dense_methods_accept_a_zero_rewire_ratio():
+    for method in ("static", "finetune", "joint"):
+        assert dataclasses.replace(SpaceNetConfig(), rewire_ratio=0.0, method=method)
 
 
 def test_parse_seeds():
