@@ -16,7 +16,9 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
 * ``continual``    -- Algorithm 1: begin, learn and end a task (an epoch and its rewiring as
   one compiled program);
 * ``multiseed``    -- many seeds as one program: the seed as a vmapped axis, sharded over devices;
+* ``capacity``     -- the capacity plan of a task sequence, from the config alone;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
+* ``analysis``     -- the data behind the paper's figures (activations, connection maps, capacity);
 * ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
   CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3;
 * ``checkpoint``, ``inspect`` -- orbax checkpoints after every task, resume, and inspection.
