@@ -311,7 +311,7 @@ def run_seeds(
                     resume_from={s: resume_from[s] for s in batch if s in resume_from},
                 )
                 records.update({s: r for s, (_, r) in zip(batch, results, strict=True)})
-        except (ConfigError, DivergenceError) as err:  # found on the device during a task
+        except (ConfigError, DivergenceError, CheckpointError) as err:  # during a task
             kept = (f"; the {len(records)} finished seed(s) are in {out}"
                     if records and out else "")
             print(f"error ({config.method}, seeds {batch}): {err}{kept}", file=sys.stderr)

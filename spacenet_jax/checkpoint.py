@@ -137,13 +137,25 @@ class TaskCheckpointer:
             "record": json.loads(json.dumps(record)),
             "leaf_sha256": _leaf_checksums(host),
         }
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)
+                ),
+            )
+            self._manager.wait_until_finished()
+        except OSError as err:  # disk full, permissions, a vanished folder
+            previous = [s for s in saved_tasks(self.directory) if s < step]
+            kept = (
+                f"the checkpoint after task {previous[-1]} is intact"
+                if previous else "no earlier checkpoint exists"
+            )
+            raise CheckpointError(
+                f"could not save the checkpoint after task {step} in {self.directory}: {err}. "
+                f"Nothing half-written is ever restored and {kept}; free disk space or fix the "
+                f"folder's permissions, then rerun the same command with --resume"
+            ) from err
         return step
 
     def __call__(self, task: int, state: SpaceNetState, record: dict[str, Any]) -> None:

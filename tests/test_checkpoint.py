@@ -145,7 +145,9 @@ def test_interrupted_save_leaves_previous_checkpoint(saved_run, tmp_path, data, 
                                resume_from=(state1, record1))  # all tasks, nothing saved
     with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
         monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "async_save", fail)
-        with pytest.raises(OSError, match="simulated"):
+        with pytest.raises(CheckpointError, match=r"could not save the checkpoint after "
+                           r"task 3 .*disk full \(simulated\).*the checkpoint after task 1 is "
+                           r"intact; free disk space"):
             ck.save(state2[0], state2[1])
         monkeypatch.undo()
     assert any(".orbax-checkpoint-tmp" in p.name for p in folder.iterdir())  # half written
@@ -326,3 +328,34 @@ def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
     assert "layer 1 (400): free 320, reserved 80" in shown.stdout
     row = b[0]["acc_matrix"][1][:2]
     assert f"test accuracy per task learned: {row[0]:.4f} {row[1]:.4f}" in shown.stdout
+
+
+def test_cli_disk_full_during_a_save_stops_clearly_and_resume_finishes(
+    saved_run, tmp_path, data, uninterrupted, monkeypatch, capsys
+):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    calls = {"n": 0}
+    save = ocp.handlers.JsonCheckpointHandler.async_save
+
+    def full_on_second_save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, *args, **kwargs)
+
+    root = tmp_path / "ck"
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "async_save", full_on_second_save)
+    with pytest.raises(SystemExit) as stopped:
+        _cli(["--seed", "2", "--checkpoint-dir", str(root)], data)
+    monkeypatch.undo()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "could not save the checkpoint after task 2" in err
+    assert "No space left on device" in err and "the checkpoint after task 1 is intact" in err
+    assert latest_task(seed_dir(root, 2)) == 1
+    payload = _cli(["--seed", "2", "--checkpoint-dir", str(root), "--resume"], data)
+    assert _without_seconds(payload["runs"][0]) == _without_seconds(uninterrupted[1])
+    assert saved_tasks(seed_dir(root, 2)) == [1, 2, 3]
