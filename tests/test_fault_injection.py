@@ -70,3 +70,20 @@ def test_killed_at_random_moments_resumes_to_identical_results(tmp_path):
         assert resumed.wait(timeout=300) == 0, (after_line, saved, resumed.stderr.read()[-3000:])
         assert _runs(out) == expected, f"killed after line {after_line}, checkpoints {saved}"
         assert [saved_tasks(seed_dir(ck, s)) for s in (0, 1)] == [[1, 2, 3]] * 2
+
+
+@pytest.mark.slow
+def test_same_seed_is_bit_identical_across_processes(tmp_path):
+    """Two separate processes, same seed: identical records and bit-identical states after
+    every task (the checkpoints' per-leaf sha256), on the CPU."""
+    from spacenet_jax.checkpoint import read_metadata
+
+    digests = []
+    for name in ("a", "b"):
+        run = _start(["--seed", "3", "--quiet", "--out", str(tmp_path / name),
+                      "--checkpoint-dir", str(tmp_path / f"ck_{name}")], tmp_path / name / "cc")
+        assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
+        folder = seed_dir(tmp_path / f"ck_{name}", 3)
+        digests.append([read_metadata(folder, t)["leaf_sha256"] for t in saved_tasks(folder)])
+    assert _runs(tmp_path / "a") == _runs(tmp_path / "b")
+    assert len(digests[0]) == 3 and digests[0] == digests[1]
