@@ -94,3 +94,62 @@ def test_invariants_after_every_operation(config: SpaceNetConfig, seed: int):
             owners = np.asarray(state.neuron_owner[h])
             assert int(np.sum(owners == t)) == spec
             assert int(np.sum(owners == FREE)) == config.layer_sizes[h + 1] - (t + 1) * spec
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs(), seed=st.integers(0, 2**16), steps=st.integers(1, 3))
+def test_train_steps_then_drop_then_grow(config: SpaceNetConfig, seed: int, steps: int):
+    """Invariants after single train steps; then drop and grow one at a time, per layer."""
+    from spacenet_jax import drop_connections, grow_connections, neuron_importance, train_step
+    from spacenet_jax.allocation import layer_inputs
+
+    data = synthetic_dataset(
+        num_classes=config.num_classes, dim=config.layer_sizes[0], train_per_class=20,
+        test_per_class=5, seed=seed,
+    )
+    examples = task_indices(data.train_labels, config.task_classes)[0]
+    state, report = begin_task(init_state(config, seed), config)
+    assert int(np.sum(report["neuron_shortfall"])) == 0
+    if int(np.sum(report["connection_shortfall"])) > 0:
+        return  # reported by learn_task as CapacityError
+    for step in range(steps):
+        batch = examples[step * config.batch_size:(step + 1) * config.batch_size]
+        if len(batch) == 0:
+            break
+        before = state
+        state, _ = train_step(state, config, jnp.asarray(data.train_images[batch]),
+                              jnp.asarray(data.train_labels[batch]))
+        assert_invariants(before, state, config)
+    a = neuron_importance(state.importance)
+    task = state.task
+    for layer in config.rewired_layers:
+        k = config.rewire_counts[layer]
+        owner = state.connection_owner[layer]
+        count = int(np.sum(np.asarray(owner) == 0))
+        dropped_owner, w, dropped = drop_connections(
+            owner, state.weights[layer], state.importance[layer], task, k
+        )
+        dropped_owner, dropped = np.asarray(dropped_owner), np.asarray(dropped)
+        # Drop: exactly k of the task's own connections, the least important, now free and zero.
+        assert int(dropped.sum()) == k and int(np.sum(dropped_owner == 0)) == count - k
+        assert np.all(np.asarray(owner)[dropped] == 0) and np.all(dropped_owner[dropped] == FREE)
+        assert np.all(np.asarray(w)[dropped] == 0.0)
+        kept = np.asarray(state.importance[layer])[(np.asarray(owner) == 0) & ~dropped]
+        if k and kept.size:
+            assert np.max(np.asarray(state.importance[layer])[dropped]) <= np.min(kept)
+        in_sel = np.asarray(layer_inputs(state.selected[layer], config, layer))
+        out_sel = np.asarray(state.selected[layer + 1])
+        grown_owner, w2, grown, short = grow_connections(
+            jnp.asarray(dropped_owner), w, layer_inputs(a[layer], config, layer),
+            a[layer + 1], jnp.asarray(in_sel), jnp.asarray(out_sel), jnp.asarray(dropped),
+            task, k,
+        )
+        if int(short):
+            continue  # too few free positions: reported by learn_task
+        grown = np.asarray(grown)
+        # Grow: k new positions, free before, between selected units, not just dropped, at zero.
+        assert int(grown.sum()) == k and int(np.sum(np.asarray(grown_owner) == 0)) == count
+        assert np.all(dropped_owner[grown] == FREE) and not np.any(grown & dropped)
+        rows, cols = np.nonzero(grown)
+        assert np.all(in_sel[rows]) and np.all(out_sel[cols])
+        assert np.all(np.asarray(w2)[grown] == 0.0)
