@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -330,11 +331,13 @@ def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
     assert f"test accuracy per task learned: {row[0]:.4f} {row[1]:.4f}" in shown.stdout
 
 
-def test_cli_disk_full_during_a_save_stops_clearly_and_resume_finishes(
-    saved_run, tmp_path, data, uninterrupted, monkeypatch, capsys
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")],
+)
+def test_cli_failed_save_stops_clearly_and_resume_finishes(
+    saved_run, tmp_path, data, uninterrupted, monkeypatch, capsys, code, text
 ):
-    import errno
-
     import orbax.checkpoint as ocp
 
     calls = {"n": 0}
@@ -343,7 +346,7 @@ def test_cli_disk_full_during_a_save_stops_clearly_and_resume_finishes(
     def full_on_second_save(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, text)
         return save(self, *args, **kwargs)
 
     root = tmp_path / "ck"
@@ -354,7 +357,7 @@ def test_cli_disk_full_during_a_save_stops_clearly_and_resume_finishes(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "could not save the checkpoint after task 2" in err
-    assert "No space left on device" in err and "the checkpoint after task 1 is intact" in err
+    assert text in err and "the checkpoint after task 1 is intact" in err
     assert latest_task(seed_dir(root, 2)) == 1
     payload = _cli(["--seed", "2", "--checkpoint-dir", str(root), "--resume"], data)
     assert _without_seconds(payload["runs"][0]) == _without_seconds(uninterrupted[1])
