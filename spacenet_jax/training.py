@@ -68,6 +68,9 @@ def _loss(
 ):
     logits = forward(*params, x, config)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # Padding (weight 0) repeats some example whose label may lie outside the output layer,
+    # where the loss is NaN: select it away rather than multiply NaN by 0.
+    losses = jnp.where(example_weights > 0, losses, 0.0)
     total = jnp.sum(losses * example_weights)
     return total / jnp.maximum(jnp.sum(example_weights), 1.0), (total, logits)
 

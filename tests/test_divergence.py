@@ -54,3 +54,20 @@ def test_cli_exits_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path,
     err = capsys.readouterr().err
     assert re.search(r"task 1, epoch 0, step \d+: the training loss is NaN or infinite", err)
     assert saved_tasks(seed_dir(tmp_path, 0)) == [1]  # the checkpoint after task 0 survives
+
+
+def test_padding_with_a_label_outside_the_output_layer_is_not_a_divergence():
+    """A 4-class network on 6-class data: a task's last batch is padded with example 0, whose
+    label (5) has no output unit; its loss is NaN but has weight 0 and must not count."""
+    from conftest import synthetic_dataset
+
+    data = synthetic_dataset()
+    first = int(np.flatnonzero(data.train_labels == 5)[0])
+    order = np.r_[first, np.delete(np.arange(len(data.train_labels)), first)]
+    data = dataclasses.replace(data, train_images=data.train_images[order],
+                               train_labels=data.train_labels[order])
+    config = dataclasses.replace(TINY, layer_sizes=(36, 24, 20, 4),
+                                 task_classes=((0, 1), (2, 3)), connections_per_task=(60, 30, 8))
+    assert data.train_labels[0] == 5 and (2 * 70) % config.batch_size  # a padded last batch
+    _, record = run_task_sequence(config, data, 0, progress=False)
+    assert record["tasks_learned"] == 2
