@@ -272,6 +272,38 @@ def epoch_function(config: SpaceNetConfig) -> EpochFunction:
     return train_epoch_and_rewire
 
 
+def run_epochs(
+    state: Any,
+    config: SpaceNetConfig,
+    one_epoch: Callable[[Any, Array], tuple[Any, EpochMetrics, Array]],
+    task: int,
+    on_epoch: EpochCallback | None = None,
+    seeds: list[int] | None = None,
+    to_host: Callable[[Any], Any] = jax.device_get,
+) -> Any:
+    """The epochs of a task: ``one_epoch(state, rewire_after)`` ``config.epochs`` times, with
+    every epoch's divergence and rewiring checks.
+
+    Without ``on_epoch`` nothing is read back from the device before the last epoch is
+    dispatched (the checks then run once, at the end); with it, each epoch's few numbers are
+    read for the progress report. ``seeds`` (a batched state) names the seeds in errors, and
+    ``to_host`` copies the results to the host (``multiseed.to_host`` across hosts).
+    """
+    pending = []
+    for epoch in range(config.epochs):
+        state, metrics, shortfall = one_epoch(state, jnp.asarray(epoch < config.epochs - 1))
+        pending.append((epoch, metrics, shortfall))
+        if on_epoch is None and epoch < config.epochs - 1:
+            continue
+        for done, metrics, shortfall in to_host(pending):
+            check_finite(metrics, task, done, config, seeds)
+            check_rewiring(shortfall, task, done, seeds)
+            if on_epoch is not None:
+                on_epoch(task, done, metrics)
+        pending = []
+    return state
+
+
 def learn_task(
     state: SpaceNetState,
     config: SpaceNetConfig,
@@ -302,20 +334,10 @@ def learn_task(
     check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
     run_epoch = epoch_function(config)
-    pending = []  # without on_epoch, nothing is read back before the task ends
-    for epoch in range(config.epochs):
-        state, metrics, shortfall = run_epoch(
-            state, config, data.images, data.labels, data.indices, num_examples,
-            jnp.asarray(epoch < config.epochs - 1),
-        )
-        pending.append((epoch, metrics, shortfall))
-        if on_epoch is not None:
-            for epoch, metrics, shortfall in jax.device_get(pending):
-                check_finite(metrics, task, epoch, config)
-                check_rewiring(shortfall, task, epoch)
-                on_epoch(task, epoch, metrics)
-            pending = []
-    for epoch, metrics, shortfall in jax.device_get(pending):
-        check_finite(metrics, task, epoch, config)
-        check_rewiring(shortfall, task, epoch)
+
+    def one_epoch(state: SpaceNetState, rewire_after: Array):
+        return run_epoch(state, config, data.images, data.labels, data.indices, num_examples,
+                         rewire_after)
+
+    state = run_epochs(state, config, one_epoch, task, on_epoch)
     return end_task(state, config)

@@ -32,9 +32,8 @@ from spacenet_jax.continual import (
     TaskData,
     begin_task,
     check_allocation,
-    check_finite,
-    check_rewiring,
     end_task,
+    run_epochs,
     train_epoch_and_rewire,
 )
 from spacenet_jax.network import predict
@@ -218,20 +217,12 @@ def learn_tasks(
     states, report = begin_tasks(states, config, mesh)
     check_allocation(to_host(report), task, seeds)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
-    pending = []
-    for epoch in range(config.epochs):
-        states, metrics, shortfall = train_epochs_and_rewire(
+
+    def one_epoch(states: SpaceNetState, rewire_after: Array):
+        return train_epochs_and_rewire(
             states, config, data.images, data.labels, data.indices, num_examples,
-            jnp.asarray(epoch < config.epochs - 1), mesh,
+            rewire_after, mesh,
         )
-        pending.append((epoch, metrics, shortfall))
-        if on_epoch is not None:
-            for epoch, metrics, shortfall in to_host(pending):
-                check_finite(metrics, task, epoch, config, seeds)
-                check_rewiring(shortfall, task, epoch, seeds)
-                on_epoch(task, epoch, metrics)
-            pending = []
-    for epoch, metrics, shortfall in to_host(pending):
-        check_finite(metrics, task, epoch, config, seeds)
-        check_rewiring(shortfall, task, epoch, seeds)
+
+    states = run_epochs(states, config, one_epoch, task, on_epoch, seeds, to_host)
     return end_tasks(states, config, mesh)
