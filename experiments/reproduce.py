@@ -9,7 +9,8 @@ implement are the paper's figures, marked as quoted.
     python -m experiments.reproduce --table 3 --seeds 0-4 --out runs/table3 --resume
 
 Each method's runs go to ``OUT/<method>/results.json`` (rewritten after every batch of seeds,
-the same shape as the single experiments write), so ``--resume`` after a crash reruns only what is missing.
+the same shape as the single experiments write), so ``--resume`` after a crash reruns only
+what is missing.
 """
 
 from __future__ import annotations
