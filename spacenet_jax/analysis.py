@@ -42,6 +42,7 @@ __all__ = [
     "hidden_activations",
     "initial_allocation",
     "input_connection_counts",
+    "mask_counts",
     "pick_class_examples",
     "require_mlp",
     "require_sparse",
@@ -214,13 +215,18 @@ def task_connections(
         "after": after,
         "rows": np.flatnonzero(allocated.selected[layer]),
         "cols": np.flatnonzero(allocated.selected[layer + 1]),
-        "count_before": int(before.sum()),
-        "count_after": int(after.sum()),
-        "rows_used_before": int(before.any(axis=1).sum()),
-        "rows_used_after": int(after.any(axis=1).sum()),
-        "cols_used_before": int(before.any(axis=0).sum()),
-        "cols_used_after": int(after.any(axis=0).sum()),
+        **mask_counts(before, after),
     }
+
+
+def mask_counts(before: np.ndarray, after: np.ndarray) -> dict[str, int]:
+    """Connections, and rows / columns carrying any, of two bool ``(fan_in, fan_out)`` masks."""
+    counts = {}
+    for tag, mask in (("before", before), ("after", after)):
+        counts[f"count_{tag}"] = int(mask.sum())
+        counts[f"rows_used_{tag}"] = int(mask.any(axis=1).sum())
+        counts[f"cols_used_{tag}"] = int(mask.any(axis=0).sum())
+    return counts
 
 
 # ---- Figure 6: connections leaving each input pixel ----------------------------------------

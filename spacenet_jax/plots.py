@@ -528,6 +528,8 @@ def plot_connections(
     A third panel (c) gives each output unit's number of the task's incoming connections,
     sorted, before and after: after adaptive training they concentrate on fewer neurons.
     """
+    from spacenet_jax.analysis import mask_counts
+
     before = np.asarray(connections["before"], bool)
     after = np.asarray(connections["after"], bool)
     if before.shape != after.shape or before.ndim != 2:
@@ -576,12 +578,7 @@ def plot_connections(
         "layer": layer,
         "rows": rows,
         "cols": cols,
-        "count_before": int(before.sum()),
-        "count_after": int(after.sum()),
-        "rows_used_before": int(before.any(axis=1).sum()),
-        "rows_used_after": int(after.any(axis=1).sum()),
-        "cols_used_before": int(before.any(axis=0).sum()),
-        "cols_used_after": int(after.any(axis=0).sum()),
+        **mask_counts(before, after),
         "before": _pairs(before),
         "after": _pairs(after),
     }

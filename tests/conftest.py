@@ -29,6 +29,25 @@ TINY = SpaceNetConfig(
     input_std=0.25,
 )
 
+#: Two conv layers on 8x8x3 images (each followed by a max-pool), a dense layer, 6 outputs.
+TINY_CNN = SpaceNetConfig(
+    layer_sizes=(3, 12, 12, 16, 6),
+    image_shape=(8, 8, 3),
+    conv_layers=2,
+    conv_padding=("SAME", "VALID"),
+    pool_after=(0,),
+    task_classes=((0, 1), (2, 3), (4, 5)),
+    connections_per_task=(6, 12, 60, 12),
+    selected_neurons=(12, 12, 8),  # 12 = the conv layers' width: every free map
+    specific_neurons=(2, 2, 4),
+    rewire_ratio=0.25,
+    learning_rate=0.05,
+    batch_size=16,
+    epochs=3,
+    input_mean=(0.5, 0.5, 0.5),
+    input_std=0.25,
+)
+
 
 @pytest.fixture
 def tiny_config() -> SpaceNetConfig:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import synthetic_dataset
+from conftest import TINY_CNN, synthetic_dataset
 
 from experiments.cnn import WIDTHS, cnn_config, parse_width
 from experiments.split_cifar10 import SPLIT_CIFAR10
@@ -19,25 +19,6 @@ from spacenet_jax.network import forward, preprocess
 from spacenet_jax.runner import run_task_sequence
 from spacenet_jax.state import FREE
 from spacenet_jax.training import per_connection, train_step
-
-#: Two conv layers on 8x8x3 images (each followed by a max-pool), a dense layer, 6 outputs.
-TINY_CNN = SpaceNetConfig(
-    layer_sizes=(3, 12, 12, 16, 6),
-    image_shape=(8, 8, 3),
-    conv_layers=2,
-    conv_padding=("SAME", "VALID"),
-    pool_after=(0,),
-    task_classes=((0, 1), (2, 3), (4, 5)),
-    connections_per_task=(6, 12, 60, 12),
-    selected_neurons=(12, 12, 8),  # 12 = the conv layers' width: every free map
-    specific_neurons=(2, 2, 4),
-    rewire_ratio=0.25,
-    learning_rate=0.05,
-    batch_size=16,
-    epochs=3,
-    input_mean=(0.5, 0.5, 0.5),
-    input_std=0.25,
-)
 
 
 def _images():

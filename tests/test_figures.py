@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, synthetic_dataset
+from conftest import TINY, TINY_CNN, synthetic_dataset
 from matplotlib.image import imread
 
 from experiments import figures as figures_cli
@@ -33,19 +33,6 @@ BENCH = "synthetic"
 # orbax's internal event loop reports a closed loop after a restore it could not finish.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 STATIC = dataclasses.replace(TINY, method="static")
-TINY_CNN = SpaceNetConfig(
-    layer_sizes=(3, 12, 12, 16, 6),
-    image_shape=(8, 8, 3),
-    conv_layers=2,
-    conv_padding=("SAME", "VALID"),
-    pool_after=(0,),
-    task_classes=((0, 1), (2, 3), (4, 5)),
-    connections_per_task=(6, 12, 60, 12),
-    selected_neurons=(12, 12, 8),
-    specific_neurons=(2, 2, 4),
-    input_mean=(0.5, 0.5, 0.5),
-    input_std=(0.25, 0.25, 0.25),
-)
 
 
 def _make_run(root: Path, config: SpaceNetConfig, seeds: list[int], data) -> Path:
