@@ -37,7 +37,7 @@ from spacenet_jax.continual import (
     train_epoch_and_rewire,
 )
 from spacenet_jax.importance import neuron_importance
-from spacenet_jax.network import forward, predict
+from spacenet_jax.network import forward, predict, predict_with_tasks
 from spacenet_jax.output_layer import inference_weights, store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import drop_connections, grow_connections, rewire
@@ -69,6 +69,7 @@ __all__ = [
     "make_task_data",
     "neuron_importance",
     "predict",
+    "predict_with_tasks",
     "reserve_neurons",
     "rewire",
     "select_neurons",

@@ -36,7 +36,7 @@ from spacenet_jax.continual import (
     run_epochs,
     train_epoch_and_rewire,
 )
-from spacenet_jax.network import predict
+from spacenet_jax.network import predict, predict_with_tasks
 from spacenet_jax.state import SpaceNetState
 
 Array = jax.Array
@@ -183,12 +183,21 @@ def train_epochs_and_rewire(
     )
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
+@partial(jax.jit, static_argnames=("config", "mesh", "with_tasks"))
 def predict_seeds(
-    states: SpaceNetState, config: SpaceNetConfig, images: Array, mesh: Mesh | None = None
+    states: SpaceNetState,
+    config: SpaceNetConfig,
+    images: Array,
+    mesh: Mesh | None = None,
+    with_tasks: bool = False,
 ) -> Array:
-    """``predict`` for every seed: int ``(S, B)`` class predictions of images ``(B, D)``."""
-    return over_seeds(lambda s, x: predict(s, config, x), [True, False], mesh)(states, images)
+    """``predict`` for every seed: int ``(S, B)`` class predictions of images ``(B, D)``.
+
+    With ``with_tasks``, ``predict_with_tasks`` instead: int ``(S, B, T + 1)`` (column 0 the
+    class-incremental prediction, column ``1 + t`` the argmax over task t's classes).
+    """
+    fn = predict_with_tasks if with_tasks else predict
+    return over_seeds(lambda s, x: fn(s, config, x), [True, False], mesh)(states, images)
 
 
 def learn_tasks(

@@ -1,5 +1,5 @@
 """The forward pass (MLP or CNN) and single-headed prediction with every stored output column
-restored."""
+restored; ``predict_with_tasks`` adds the task-incremental prediction (argmax within each task)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,24 @@ def seen_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:
     return jnp.any(masks & learned[:, None], axis=0)
 
 
+def _logits(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:
+    """Logits ``(B, num_classes)`` of uint8 images ``(B, D)``, every stored output column
+    restored."""
+    return forward(inference_weights(state), state.biases, preprocess(images, config), config)
+
+
+def _masked_argmax(logits: Array, mask: Array) -> Array:
+    """Argmax over the last axis of ``logits`` among the classes where ``mask`` is True
+    (``mask`` broadcasts against ``logits``)."""
+    return jnp.argmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+
+
+def _default_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:
+    """bool ``(num_classes,)``: every class learned so far, or all before any task has ended."""
+    seen = seen_class_mask(state, config)
+    return jnp.where(jnp.any(seen), seen, True)
+
+
 @partial(jax.jit, static_argnames="config")
 def predict(
     state: SpaceNetState,
@@ -96,9 +114,22 @@ def predict(
     so far, or all classes before any task has ended), with all stored output columns restored.
     """
     if class_mask is None:
-        seen = seen_class_mask(state, config)
-        class_mask = jnp.where(jnp.any(seen), seen, True)
-    logits = forward(
-        inference_weights(state), state.biases, preprocess(images, config), config
-    )
-    return jnp.argmax(jnp.where(class_mask, logits, -jnp.inf), axis=-1)
+        class_mask = _default_class_mask(state, config)
+    return _masked_argmax(_logits(state, config, images), class_mask)
+
+
+@partial(jax.jit, static_argnames="config")
+def predict_with_tasks(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:
+    """Class-incremental and task-incremental predictions from one forward pass.
+
+    Returns int ``(B, T + 1)`` for uint8 images ``(B, D)`` and ``T = config.num_tasks``:
+    column 0 is ``predict``'s class-incremental prediction (argmax over every class learned so
+    far, or all before any task has ended; no task identity); column ``1 + t`` is the argmax
+    over task t's own classes only (``config.class_masks()[t]``), i.e. the prediction when the
+    example is known to belong to task t. All stored output columns are restored.
+    """
+    logits = _logits(state, config, images)  # (B, C)
+    class_il = _masked_argmax(logits, _default_class_mask(state, config))  # (B,)
+    task_masks = jnp.asarray(config.class_masks())  # (T, C)
+    per_task = _masked_argmax(logits[:, None, :], task_masks[None])  # (B, T)
+    return jnp.concatenate([class_il[:, None], per_task], axis=1).astype(jnp.int32)
