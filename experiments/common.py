@@ -154,10 +154,13 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, sd and standard error over seeds of the headline metrics."""
-    keys = ("final_avg_acc", "final_overall_acc", "avg_forgetting", "backward_transfer")
+    keys = ("final_avg_acc", "final_task_il_avg_acc", "final_overall_acc", "avg_forgetting",
+            "backward_transfer")
     summary: dict[str, Any] = {
-        # None where the metric does not apply (forgetting of joint training).
-        k: None if any(r[k] is None for r in runs) else metrics.summarize([r[k] for r in runs])
+        # None where the metric does not apply (forgetting of joint training) or a run lacks
+        # it (task-IL accuracy in a record of an older version).
+        k: None if any(r.get(k) is None for r in runs)
+        else metrics.summarize([r[k] for r in runs])
         for k in keys
     }
     T = len(runs[0]["final_task_acc"])
@@ -172,13 +175,15 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.stdout) -> None:
     T = len(runs[0]["final_task_acc"])
     head = " ".join(f"task{j + 1:>2}" for j in range(T))
-    print(f"\n{'seed':>5} {head}   average  overall  forget   seconds", file=file)
+    print(f"\n{'seed':>5} {head}   average  task-IL  overall  forget   seconds", file=file)
     for r in runs:
         cells = " ".join(f"{a:6.3f}" for a in r["final_task_acc"])
         forget = "    -" if r["avg_forgetting"] is None else f"{r['avg_forgetting']:.3f}"
+        task_il = r.get("final_task_il_avg_acc")
+        task_il = "     -" if task_il is None else f"{task_il:.4f}"
         print(
-            f"{r['seed']:>5} {cells}   {r['final_avg_acc']:.4f}   {r['final_overall_acc']:.4f}"
-            f"   {forget}   {r['seconds']['total']:7.1f}",
+            f"{r['seed']:>5} {cells}   {r['final_avg_acc']:.4f}   {task_il}"
+            f"   {r['final_overall_acc']:.4f}   {forget}   {r['seconds']['total']:7.1f}",
             file=file,
         )
     avg = summary["final_avg_acc"]
@@ -187,6 +192,13 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.st
         f"+- {avg['std']:.4f} (sd), +- {avg['sem']:.4f} (sem)",
         file=file,
     )
+    task_il = summary.get("final_task_il_avg_acc")
+    if task_il is not None:
+        print(
+            f"task-incremental (argmax within each task's classes): {task_il['mean']:.4f} "
+            f"+- {task_il['std']:.4f} (sd)",
+            file=file,
+        )
 
 
 def load_or_exit(dataset_name: str, data_dir: str | None, quiet: bool) -> ImageDataset:

@@ -1,8 +1,8 @@
 """Run a whole task sequence for one seed and record what a continual-learning study reports.
 
-The record is plain JSON: the accuracy matrix, final per-task / average / overall accuracy,
-forgetting and backward transfer, connections per task and layer, free neurons per hidden layer
-after each task, and wall-clock seconds.
+The record is plain JSON: the accuracy matrix (class-incremental, and task-incremental beside
+it), final per-task / average / overall accuracy, forgetting and backward transfer, connections
+per task and layer, free neurons per hidden layer after each task, and wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from spacenet_jax import metrics
 from spacenet_jax.config import ConfigError, SpaceNetConfig
 from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.data import ImageDataset, task_indices
-from spacenet_jax.evaluation import predict_in_chunks, task_accuracies
+from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
 from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
 
@@ -78,7 +78,9 @@ def run_task_sequence(
     """Learn ``config.task_classes`` one task after the other on ``dataset``, for one seed.
 
     After each task the network is evaluated on the test sets of all tasks learned so far
-    (single-headed, over every class seen), which fills one row of the accuracy matrix. The
+    (single-headed, over every class seen), which fills one row of the accuracy matrix; one
+    row of the task-incremental matrix comes from the same forward pass (each task's examples
+    judged by the argmax over that task's classes only). The
     method (``config.method``) decides what each stage trains on (``training_stages``); ``joint``
     has a single stage, after which all tasks are evaluated (a one-row matrix).
 
@@ -110,7 +112,7 @@ def run_task_sequence(
         state = init_state(config, seed)
 
     def predict_all(state: SpaceNetState, images: jax.Array) -> np.ndarray:
-        return predict_in_chunks(state, config, images)[None]
+        return predict_in_chunks(state, config, images, with_tasks=True)[None]
 
     callback = None if on_task_end is None else lambda _s, t, st, r: on_task_end(t, st, r)
     states, records = _run_sequence(
@@ -199,10 +201,12 @@ def run_task_sequences(
     def predict_all(states: SpaceNetState, test_images: np.ndarray) -> np.ndarray:
         def predict(states: SpaceNetState, images: np.ndarray) -> np.ndarray:
             return multiseed.to_host(
-                multiseed.predict_seeds(states, config, replicate(images), mesh)
+                multiseed.predict_seeds(states, config, replicate(images), mesh, True)
             )
 
-        return predict_in_chunks(states, config, test_images, predict_fn=predict)[: len(seeds)]
+        return predict_in_chunks(
+            states, config, test_images, predict_fn=predict, with_tasks=True
+        )[: len(seeds)]
 
     def split(states: SpaceNetState) -> list[SpaceNetState]:
         if jax.process_count() > 1:  # gather every seed to every host, then slice on the host
@@ -243,8 +247,9 @@ def _run_sequence(
     """The task loop shared by one seed and a batch of seeds.
 
     ``states`` is one state (a single seed) or a batched one; ``learn(states, stage, on_epoch)``
-    learns a stage, ``predict(states, images)`` gives int ``(S, N)`` predictions and
-    ``split(states)`` the per-seed states. ``done``: per seed, the record to continue from.
+    learns a stage, ``predict(states, images)`` gives int ``(S, N, T + 1)`` predictions
+    (``predict_with_tasks``'s columns) and ``split(states)`` the per-seed states. ``done``:
+    per seed, the record to continue from.
     """
     start = time.perf_counter()
     stages = config.num_stages
@@ -300,16 +305,21 @@ def _run_sequence(
         singles = split(states)
         seconds = time.perf_counter() - task_start
         for log, st, pred in zip(logs, singles, predictions, strict=True):
-            row, pooled = task_accuracies(pred, test_labels, test_index, int(st.task))
-            log.add(row, pooled, free_neuron_counts(st), seconds)
+            (row, pooled), (task_il_row, _) = class_and_task_il_accuracies(
+                pred, test_labels, test_index, int(st.task)
+            )
+            log.add(row, pooled, task_il_row, free_neuron_counts(st), seconds)
         if progress:
             rows = [[a for a in log.acc_matrix[-1] if a is not None] for log in logs]
             mean = np.mean([np.mean(r) for r in rows])
+            task_il = np.mean([
+                np.mean([a for a in log.task_il_acc_matrix[-1] if a is not None]) for log in logs
+            ])
             shown = " ".join(f"{a:.3f}" for a in np.mean(rows, axis=0))
             over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
             bar.write(
                 f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: test accuracy per "
-                f"task {shown} | mean {mean:.4f}{over}",
+                f"task {shown} | mean {mean:.4f} | task-IL mean {task_il:.4f}{over}",
                 file=sys.stderr,
             )
         total = time.perf_counter() - start
@@ -337,18 +347,26 @@ class _SeedLog:
 
     def __init__(self) -> None:
         self.acc_matrix: list[list[float | None]] = []
+        self.task_il_acc_matrix: list[list[float | None]] = []
         self.overall: list[float] = []
         self.free_neurons: list[list[int]] = []
         self.task_seconds: list[float] = []
 
     def resume(self, record: dict[str, Any]) -> None:
+        """Continue from ``record``. A record written before the task-incremental matrix
+        existed (no ``task_il_acc_matrix``) gets rows of ``None`` for the tasks it holds."""
         self.acc_matrix = [list(row) for row in record["acc_matrix"]]
+        self.task_il_acc_matrix = _task_il_rows(record)
         self.overall = [record["final_overall_acc"]]  # only the latest one enters the record
         self.free_neurons = [list(row) for row in record["free_neurons"]]
         self.task_seconds = list(record["seconds"]["per_task"])
 
-    def add(self, row: list[float | None], pooled: float, free: list[int], seconds: float):
+    def add(
+        self, row: list[float | None], pooled: float, task_il_row: list[float | None],
+        free: list[int], seconds: float,
+    ) -> None:
         self.acc_matrix.append(row)
+        self.task_il_acc_matrix.append(task_il_row)
         self.overall.append(pooled)
         self.free_neurons.append(free)
         self.task_seconds.append(seconds)
@@ -359,10 +377,19 @@ class _SeedLog:
     ) -> dict[str, Any]:
         record = _record(
             benchmark, seed, config, self.acc_matrix, self.overall, state, self.free_neurons,
-            self.task_seconds, total_seconds,
+            self.task_seconds, total_seconds, self.task_il_acc_matrix,
         )
         record["batch"] = list(batch)
         return record
+
+
+def _task_il_rows(record: dict[str, Any]) -> list[list[float | None]]:
+    """The record's ``task_il_acc_matrix``, or, for a record of an older version without it,
+    one row of ``None`` per row of ``acc_matrix`` (same shape, nothing measured)."""
+    rows = record.get("task_il_acc_matrix")
+    if rows is None:
+        return [[None] * len(row) for row in record["acc_matrix"]]
+    return [list(row) for row in rows]
 
 
 def _check_resume(
@@ -396,9 +423,13 @@ def _record(
     free_neurons: list[list[int]],
     task_seconds: list[float],
     total_seconds: float,
+    task_il_rows: list[list[float | None]],
 ) -> dict[str, Any]:
     learned = int(state.task)
     final = [float(a) for a in acc_rows[-1][:learned]]
+    # None only where the last row came from an older record without task-IL accuracies.
+    final_task_il = [None if a is None else float(a) for a in task_il_rows[-1][:learned]]
+    task_il_avg = None if None in final_task_il else float(np.mean(final_task_il))
     record: dict[str, Any] = {
         "benchmark": benchmark,
         "method": config.method,
@@ -409,6 +440,9 @@ def _record(
         "final_task_acc": final,
         "final_avg_acc": float(np.mean(final)),
         "final_overall_acc": overall[-1],
+        "task_il_acc_matrix": [list(row) for row in task_il_rows],
+        "final_task_il_acc": final_task_il,
+        "final_task_il_avg_acc": task_il_avg,
         # Joint training has no sequence, hence nothing to forget: these are None.
         "forgetting": None,
         "avg_forgetting": None,
