@@ -35,6 +35,17 @@ def test_synthetic_sequence_record():
                 assert 0.0 <= value <= 1.0
     assert record["final_task_acc"] == acc[-1]
     assert record["final_avg_acc"] == pytest.approx(np.mean(acc[-1]))
+    # Task-incremental (argmax within the true task's classes): the same None pattern, and
+    # never below class-incremental, entry by entry.
+    task_il = record["task_il_acc_matrix"]
+    assert [[v is None for v in row] for row in task_il] == [[v is None for v in row]
+                                                             for row in acc]
+    for row, il_row in zip(acc, task_il, strict=True):
+        for value, il in zip(row, il_row, strict=True):
+            assert value is None or value <= il <= 1.0
+    assert record["final_task_il_acc"] == task_il[-1]
+    assert record["final_task_il_avg_acc"] == pytest.approx(np.mean(task_il[-1]))
+    assert record["final_task_il_avg_acc"] >= record["final_avg_acc"]
     # Each task is learned when trained, and the whole sequence is remembered well above chance
     # (1/6 over 6 classes, no task identity).
     assert np.mean([acc[i][i] for i in range(T)]) > 0.8

@@ -65,7 +65,11 @@ def test_batched_seeds_equal_single_seed_runs(data, method):
         alone_state, alone = run_task_sequence(config, data, seed, benchmark=BENCH,
                                                progress=False)
         _assert_same_state(state, alone_state, f"{method} seed {seed}")
-        assert _without_timing(record) == _without_timing(alone)
+        assert _without_timing(record) == _without_timing(alone)  # task-IL matrix included
+        rows = 1 if method == "joint" else config.num_tasks
+        assert len(record["task_il_acc_matrix"]) == rows
+        for row, il_row in zip(record["acc_matrix"], record["task_il_acc_matrix"], strict=True):
+            assert all(a is None or a <= b for a, b in zip(row, il_row, strict=True))
         assert record["batch"] == seeds and alone["batch"] == [seed]
     # Different seeds really are different runs.
     assert batched[0][1]["acc_matrix"] != batched[1][1]["acc_matrix"]
@@ -88,6 +92,7 @@ def test_batched_progress_reports_every_epoch_and_task(data, capsys):
     assert err.count("epoch") == config.num_tasks * config.epochs
     assert "[synthetic spacenet seeds 4-6] task 3/3 epoch 2/2" in err
     assert err.count("done in") == config.num_tasks and "(mean of 3 seeds)" in err
+    assert err.count("| task-IL mean ") == config.num_tasks
 
 
 def test_seed_devices_use_fewest_rounds_then_fewest_devices():
