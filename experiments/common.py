@@ -237,8 +237,9 @@ def read_finished_runs(path: Path, config: SpaceNetConfig, benchmark: str) -> li
 
 
 def default_seed_batch(config: SpaceNetConfig, num_seeds: int) -> int:
-    """All seeds as one vmapped program, except a CNN on the CPU: one seed at a time there,
-    through the per-step path (XLA:CPU runs convolutions inside loops far slower)."""
+    """All seeds as one vmapped program, except a CNN on the CPU: one seed at a time there
+    (a few CPU cores gain nothing from batching seeds, and a batch holds every seed's
+    activations at once)."""
     import jax
 
     return 1 if config.is_cnn and jax.default_backend() == "cpu" else max(num_seeds, 1)

@@ -17,12 +17,18 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
   one compiled program);
 * ``multiseed``    -- many seeds as one program: the seed as a vmapped axis, sharded over devices;
 * ``capacity``     -- the capacity plan of a task sequence, from the config alone;
+* ``layers``       -- the 3x3 convolution and the 2x2 max-pool (an elementwise gradient);
+* ``compiler``     -- the XLA:CPU flag that keeps convolutions fast, set on import;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
 * ``analysis``     -- the data behind the paper's figures (activations, connection maps, capacity);
 * ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
   CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3;
 * ``checkpoint``, ``inspect`` -- orbax checkpoints after every task, resume, and inspection.
 """
+
+from spacenet_jax.compiler import configure_xla
+
+configure_xla()  # before anything below can start a JAX backend
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections, select_neurons
 from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig

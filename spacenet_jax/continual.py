@@ -34,10 +34,6 @@ from spacenet_jax.training import EpochMetrics, train_epoch, train_epoch_stepwis
 
 Array = jax.Array
 
-#: ``(state, config, images, labels, task_indices, num_examples, rewire_after)`` ->
-#: ``(state, metrics, shortfall)``: ``train_epoch_and_rewire`` or its CPU-CNN variant.
-EpochFunction = Callable[..., tuple[SpaceNetState, EpochMetrics, Array]]
-
 
 class CapacityError(ConfigError):
     """A task found too few free neurons or free positions (detected on the device)."""
@@ -256,20 +252,14 @@ def train_epoch_and_rewire_stepwise(
     num_examples: Array,
     rewire_after: Array,
 ) -> tuple[SpaceNetState, EpochMetrics, Array]:
-    """``train_epoch_and_rewire`` built on ``train_epoch_stepwise`` (CNNs on the CPU)."""
+    """``train_epoch_and_rewire`` built on ``train_epoch_stepwise``: a host loop of jitted
+    steps, for those who want to step through an epoch (``learn_task`` uses the compiled
+    epoch on every backend; ``python -m benchmarks.cnn`` times both)."""
     state, metrics = train_epoch_stepwise(
         state, config, images, labels, task_indices, num_examples
     )
     state, shortfall = _jit_rewire_if(state, config, rewire_after)
     return state, metrics, shortfall
-
-
-def epoch_function(config: SpaceNetConfig) -> EpochFunction:
-    """``train_epoch_and_rewire`` (one program per epoch), or its stepwise variant for a CNN on
-    the CPU, where XLA runs convolutions inside a loop body many times slower."""
-    if config.is_cnn and jax.default_backend() == "cpu":
-        return train_epoch_and_rewire_stepwise
-    return train_epoch_and_rewire
 
 
 def run_epochs(
@@ -333,11 +323,11 @@ def learn_task(
     state, report = begin_task(state, config)
     check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
-    run_epoch = epoch_function(config)
 
     def one_epoch(state: SpaceNetState, rewire_after: Array):
-        return run_epoch(state, config, data.images, data.labels, data.indices, num_examples,
-                         rewire_after)
+        return train_epoch_and_rewire(
+            state, config, data.images, data.labels, data.indices, num_examples, rewire_after
+        )
 
     state = run_epochs(state, config, one_epoch, task, on_epoch)
     return end_task(state, config)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.layers import conv2d, max_pool_2x2
 from spacenet_jax.output_layer import inference_weights
 from spacenet_jax.state import SpaceNetState
 
@@ -28,17 +29,6 @@ def preprocess(images: Array, config: SpaceNetConfig) -> Array:
     mean = jnp.asarray(config.input_mean, jnp.float32)
     std = jnp.asarray(config.input_std, jnp.float32)
     return (x - mean) / std
-
-
-def _conv(x: Array, w: Array, b: Array, padding: str) -> Array:
-    y = jax.lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    return y + b
-
-
-def _max_pool(x: Array) -> Array:
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def forward(
@@ -61,7 +51,7 @@ def forward(
     h = x
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if layer < conv_layers:
-            h = _conv(h, w, b, config.conv_padding[layer])
+            h = conv2d(h, w, config.conv_padding[layer]) + b
         else:
             if h.ndim > 2:
                 h = h.reshape(h.shape[0], -1)
@@ -69,7 +59,7 @@ def forward(
         if layer < len(weights) - 1:
             h = jax.nn.relu(h)
         if layer < conv_layers and layer in config.pool_after:
-            h = _max_pool(h)
+            h = max_pool_2x2(h)
     return h
 
 

@@ -240,10 +240,10 @@ def train_epoch_stepwise(
 ) -> tuple[SpaceNetState, EpochMetrics]:
     """``train_epoch`` with a host loop over jitted steps instead of one ``lax.scan``.
 
-    Same arguments, shuffling and result (up to floating-point reassociation). XLA:CPU runs
-    convolutions inside a loop body far slower than in a top-level computation (measured here
-    on the paper's CNN: 8.5 s a step inside ``lax.scan`` against 0.48 s as a jitted step), so
-    ``learn_task`` uses this for CNNs on the CPU; everywhere else the scan is the fast path.
+    Same arguments, shuffling and result (up to floating-point reassociation), for stepping
+    through an epoch from Python. ``learn_task`` uses the scan on every backend: with
+    YNNPACK convolutions off (``spacenet_jax.compiler``) XLA:CPU runs the paper's CNN inside
+    ``lax.scan`` faster than as separate jitted steps (``python -m benchmarks.cnn``).
     """
     state, batch_indices, batch_weights = _jit_epoch_plan(
         state, config, task_indices, jnp.asarray(num_examples, jnp.int32)

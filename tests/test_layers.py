@@ -1,0 +1,105 @@
+"""The CNN's layers: the reshape max-pool against reduce_window, values and gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import TINY_CNN
+
+from spacenet_jax import begin_task, init_state
+from spacenet_jax.compiler import CPU_FLAG, with_cpu_flag
+from spacenet_jax.layers import conv2d, max_pool_2x2
+from spacenet_jax.network import forward, preprocess
+
+
+def _reduce_window_pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 13, 13, 4), (1, 30, 30, 2), (2, 7, 6, 1)])
+def test_max_pool_equals_reduce_window(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    np.testing.assert_array_equal(max_pool_2x2(x), _reduce_window_pool(x))
+
+
+def test_max_pool_gradient_equals_select_and_scatter_without_ties():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 13, 4))  # odd size: last row dropped
+    g = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, 4))
+    ours = jax.vjp(max_pool_2x2, x)[1](g)[0]
+    ref = jax.vjp(_reduce_window_pool, x)[1](g)[0]
+    np.testing.assert_array_equal(ours, ref)
+    assert float(jnp.abs(ours[:, 12, :, :]).max()) == 0.0  # the dropped row gets no gradient
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv2d_is_the_lax_convolution(padding):
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 9, 9, 3))
+    w = jax.random.normal(jax.random.PRNGKey(4), (3, 3, 3, 5))
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO",
+                                                                                "NHWC"))
+    np.testing.assert_array_equal(conv2d(x, w, padding), ref)
+    with pytest.raises(ValueError, match="padding"):
+        conv2d(x, w, "FULL")
+
+
+def _reference_forward(weights, biases, x, config):
+    """The network with reduce_window pooling (what the layers replace)."""
+    h = x
+    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        if layer < config.conv_layers:
+            h = jax.lax.conv_general_dilated(
+                h, w, (1, 1), config.conv_padding[layer],
+                dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+        else:
+            h = h.reshape(h.shape[0], -1) @ w + b
+        if layer < len(weights) - 1:
+            h = jax.nn.relu(h)
+        if layer < config.conv_layers and layer in config.pool_after:
+            h = _reduce_window_pool(h)
+    return h
+
+
+def test_network_gradient_equals_the_reference_network():
+    """Conv (SAME and VALID) and dense layers, masked (sparse) weights: the gradients of the
+    network's loss equal jax.grad of the reduce_window network up to float rounding."""
+    config = TINY_CNN
+    assert set(config.conv_padding) == {"SAME", "VALID"}
+    state, _ = begin_task(init_state(config, 0), config)
+    assert any(float(jnp.mean(w == 0)) > 0.3 for w in state.weights)  # masked: mostly zero
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (16, 8 * 8 * 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, config.num_classes, 16), jnp.int32)
+    x = preprocess(images, config)
+
+    def loss(params, fwd):
+        logits = fwd(*params, x, config)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    ours = jax.grad(loss)(state.params, forward)
+    ref = jax.grad(loss)(state.params, _reference_forward)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(ours))
+
+
+def test_xla_flag_is_added_only_where_known():
+    assert with_cpu_flag("", "0.10.2") == CPU_FLAG
+    assert with_cpu_flag("--foo=1", "0.10.2") == f"--foo=1 {CPU_FLAG}"
+    assert with_cpu_flag("", "0.4.30") == ""  # older jaxlib: unknown flags abort XLA
+    assert with_cpu_flag("", "0.11.0") == ""  # not checked yet
+    mine = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert with_cpu_flag(mine, "0.10.2") == mine  # the user's own setting wins
+
+
+def test_the_flag_is_in_force_in_this_process():
+    import jaxlib
+
+    from spacenet_jax.compiler import flag_supported
+
+    if flag_supported(jaxlib.__version__):
+        import os
+
+        assert CPU_FLAG in os.environ.get("XLA_FLAGS", "").split()
