@@ -17,7 +17,7 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
   one compiled program);
 * ``multiseed``    -- many seeds as one program: the seed as a vmapped axis, sharded over devices;
 * ``capacity``     -- the capacity plan of a task sequence, from the config alone;
-* ``layers``       -- the 3x3 convolution and the 2x2 max-pool (an elementwise gradient);
+* ``layers``       -- the 3x3 convolution (a custom gradient for the CPU) and the 2x2 max-pool;
 * ``compiler``     -- the XLA:CPU flag that keeps convolutions fast, set on import;
 * ``network``, ``evaluation``, ``metrics`` -- prediction without task identity and CL metrics;
 * ``analysis``     -- the data behind the paper's figures (activations, connection maps, capacity);

@@ -1,22 +1,38 @@
-"""The CNN's layers: the 3x3 convolution and a 2x2 max-pool whose gradient is elementwise.
+"""The CNN's layers: a 3x3 convolution whose gradient XLA:CPU runs as library convolutions
+everywhere, and a 2x2 max-pool whose gradient is elementwise.
 
-``conv2d`` is ``lax.conv_general_dilated`` (NHWC images, HWIO kernels, stride 1), differentiated
-by XLA. On the CPU its speed depends on the XLA flag set by ``spacenet_jax.compiler``; a custom
-VJP whose backward pass was two forward convolutions (the kernel gradient over a batch-minor
-transpose of the input, the input gradient with flipped kernels) was measured and was no faster
-than XLA's own gradient once that flag is set, so there is none.
+``conv2d`` is ``lax.conv_general_dilated`` (NHWC images, HWIO kernels, stride 1) with a
+``jax.custom_vjp`` on the CPU. Differentiated by XLA, the kernel gradient is a convolution with
+non-canonical dimension labels (``f01b_i01o->01bf``). In a top-level program XLA:CPU rewrites it
+into a canonical one and calls Eigen, but inside a loop body (the epoch's ``lax.scan``) it
+leaves it as is and emits a naive loop nest for it: one epoch of the paper's CNN then takes
+minutes instead of seconds. Here the backward pass is written as two canonical forward
+convolutions, which XLA:CPU hands to Eigen wherever they are:
+
+* the kernel gradient ``dw[i, j, c, o] = sum_{b,h,w} x_pad[b, h+i, w+j, c] g[b, h, w, o]``: a
+  VALID convolution of the input transposed to ``(C_in, H, W, B)`` (maps as the batch, the
+  batch as the contracted features) with the output gradient as an ``(H_out, W_out, B, C_out)``
+  kernel (``conv_kernel_gradient``);
+* the input gradient: the output gradient, padded by ``k - 1 - p``, convolved with the
+  spatially flipped kernels, in and out maps swapped (``conv_input_gradient``).
+
+Both are exact up to float rounding (tested against ``jax.grad`` of the plain convolution for
+SAME and VALID padding). GPU and TPU keep XLA's own gradient (cuDNN's, the TPU's), the fast path
+there (``use_custom_conv_gradient``).
 
 ``max_pool_2x2`` is a reshape and a max, where ``lax.reduce_window``'s gradient
 (``select_and_scatter``) takes about ten times longer on a CPU (50 ms against 5 ms for the
 paper's first pool at batch 128). A window of tied maxima passes the gradient to each of them
 (divided equally), where ``select_and_scatter`` picks one; after a ReLU, ties happen at zero,
-where the gradient is zero either way, so both give the same gradients (tested against
-``jax.grad`` of the ``reduce_window`` network).
+where the gradient is zero either way, so both give the same gradients (tested).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -24,15 +40,80 @@ Array = jax.Array
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d(x: Array, w: Array, padding: str) -> Array:
-    """Stride-1 convolution of NHWC images ``x`` ``(B, H, W, C_in)`` with HWIO kernels ``w``
-    ``(k, k, C_in, C_out)``, ``padding`` ``"SAME"`` or ``"VALID"``: ``(B, H_out, W_out,
-    C_out)``."""
-    if padding not in ("SAME", "VALID"):
-        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+def _conv(x: Array, w: Array, padding: str | list[tuple[int, int]]) -> Array:
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(1, 1), padding=padding, dimension_numbers=DIMENSION_NUMBERS
     )
+
+
+def _same_padding(kernel_size: int) -> int:
+    if kernel_size % 2 != 1:
+        raise ValueError(f"SAME padding needs an odd kernel size, got {kernel_size}")
+    return (kernel_size - 1) // 2
+
+
+def conv_kernel_gradient(x: Array, g: Array, kernel_size: int, padding: str) -> Array:
+    """dL/dw ``(k, k, C_in, C_out)`` of a stride-1 convolution, as one forward convolution.
+
+    Args:
+      x: the layer's input ``(B, H, W, C_in)``.
+      g: the gradient of its output ``(B, H_out, W_out, C_out)``.
+      kernel_size: k.
+      padding: ``"SAME"`` or ``"VALID"``.
+    """
+    if padding == "SAME":
+        p = _same_padding(kernel_size)
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    lhs = jnp.transpose(x, (3, 1, 2, 0))  # (C_in, H, W, B)
+    rhs = jnp.transpose(g, (1, 2, 0, 3))  # (H_out, W_out, B, C_out)
+    return jnp.transpose(_conv(lhs, rhs, "VALID"), (1, 2, 0, 3))
+
+
+def conv_input_gradient(g: Array, w: Array, padding: str) -> Array:
+    """dL/dx ``(B, H, W, C_in)`` of a stride-1 convolution with kernels ``w`` ``(k, k, C_in,
+    C_out)``, from the output gradient ``g`` ``(B, H_out, W_out, C_out)``."""
+    k = w.shape[0]
+    p = _same_padding(k) if padding == "SAME" else 0
+    q = k - 1 - p
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return _conv(g, flipped, [(q, q), (q, q)])
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_custom(x: Array, w: Array, padding: str) -> Array:
+    return _conv(x, w, padding)
+
+
+def _conv2d_fwd(x: Array, w: Array, padding: str) -> tuple[Array, tuple[Array, Array]]:
+    return _conv(x, w, padding), (x, w)
+
+
+def _conv2d_bwd(padding: str, residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, w = residuals
+    return conv_input_gradient(g, w, padding), conv_kernel_gradient(x, g, w.shape[0], padding)
+
+
+_conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def use_custom_conv_gradient() -> bool:
+    """Whether ``conv2d`` uses the custom gradient: on the CPU (read while tracing)."""
+    return jax.default_backend() == "cpu"
+
+
+def conv2d(x: Array, w: Array, padding: str, custom_gradient: bool | None = None) -> Array:
+    """Stride-1 convolution of NHWC images ``x`` ``(B, H, W, C_in)`` with HWIO kernels ``w``
+    ``(k, k, C_in, C_out)``, ``padding`` ``"SAME"`` or ``"VALID"``: ``(B, H_out, W_out,
+    C_out)``.
+
+    The value is ``lax.conv_general_dilated``'s; the gradient is the custom one above with
+    ``custom_gradient`` (default: ``use_custom_conv_gradient()``), else XLA's.
+    """
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    if custom_gradient is None:
+        custom_gradient = use_custom_conv_gradient()
+    return _conv2d_custom(x, w, padding) if custom_gradient else _conv(x, w, padding)
 
 
 def max_pool_2x2(x: Array) -> Array:
