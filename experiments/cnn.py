@@ -228,6 +228,7 @@ def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> 
         connections=args.connections,
         selected=args.selected_neurons, specific=args.specific_neurons,
         rewire_ratio=args.rewire_ratio, method=args.method,
-        replay_per_task=args.replay_per_task, learning_rate=args.lr, momentum=args.momentum,
-        batch_size=args.batch_size, epochs=args.epochs,
+        replay_per_task=args.replay_per_task, output_columns=args.output_columns,
+        learning_rate=args.lr, momentum=args.momentum, batch_size=args.batch_size,
+        epochs=args.epochs,
     )

@@ -22,7 +22,13 @@ from spacenet_jax.checkpoint import (
     saved_tasks,
     seed_dir,
 )
-from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig, parse_int_list
+from spacenet_jax.config import (
+    METHODS,
+    OUTPUT_COLUMNS,
+    ConfigError,
+    SpaceNetConfig,
+    parse_int_list,
+)
 from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
 
@@ -119,6 +125,10 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
                    help="fraction r of connections dropped and regrown after each epoch")
     h.add_argument("--replay-per-task", type=int, default=defaults.replay_per_task,
                    help="rehearsal: training examples kept per earlier task (0: all of them)")
+    h.add_argument("--output-columns", choices=list(OUTPUT_COLUMNS),
+                   default=defaults.output_columns,
+                   help="finished tasks' output columns while later tasks train: "
+                   + "; ".join(f"{k}: {v}" for k, v in OUTPUT_COLUMNS.items()))
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -136,6 +146,7 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
         rewire_ratio=args.rewire_ratio,
         method=args.method,
         replay_per_task=args.replay_per_task,
+        output_columns=args.output_columns,
         learning_rate=args.lr,
         momentum=args.momentum,
         batch_size=args.batch_size,

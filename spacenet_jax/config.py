@@ -31,6 +31,12 @@ METHODS: dict[str, str] = {
     "joint": "dense network of the same shape, trained on all tasks' data at once (upper bound)",
 }
 
+#: ``SpaceNetConfig.output_columns``: what happens to finished tasks' output columns.
+OUTPUT_COLUMNS: dict[str, str] = {
+    "stored": "moved aside while later tasks train, restored for prediction (the paper)",
+    "live": "kept in the network, frozen, so later tasks' losses see their logits",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
@@ -55,6 +61,12 @@ class SpaceNetConfig:
         ignore the sparsity settings.
       replay_per_task: for ``rehearsal``, how many training examples of each earlier task are
         kept and replayed (0, the default, keeps all of them, as in the paper).
+      output_columns: what happens to a finished task's output columns (its classes' weights
+        from the last hidden layer) while later tasks train: ``"stored"`` (the paper's
+        Algorithm 1, lines 14-15: moved aside, so a later task's loss sees earlier classes only
+        through their frozen biases; restored for prediction) or ``"live"`` (kept in the
+        network, frozen, so a later task's loss also sees the earlier classes' logits on its
+        images and learns to beat them). ``rehearsal`` always keeps them live.
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
@@ -80,6 +92,7 @@ class SpaceNetConfig:
     rewire_ratio: float = 0.2
     method: str = "spacenet"
     replay_per_task: int = 0
+    output_columns: str = "stored"
     learning_rate: float = 0.01
     momentum: float = 0.0
     batch_size: int = 128
@@ -202,6 +215,11 @@ class SpaceNetConfig:
         return self.method == "rehearsal"
 
     @property
+    def stores_output_columns(self) -> bool:
+        """A finished task's output columns are moved aside while later tasks train."""
+        return self.sparse and not self.replay and self.output_columns == "stored"
+
+    @property
     def joint(self) -> bool:
         """All tasks are learned in one training stage on their pooled data."""
         return self.method == "joint"
@@ -253,6 +271,11 @@ def validate(config: SpaceNetConfig) -> None:
         _fail(f"layer_sizes must hold at least two positive sizes, got {sizes}")
     if config.method not in METHODS:
         _fail(f"unknown method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if config.output_columns not in OUTPUT_COLUMNS:
+        _fail(
+            f"output_columns must be one of {', '.join(OUTPUT_COLUMNS)}, got "
+            f"{config.output_columns!r}"
+        )
     if config.replay_per_task < 0:
         _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")
     if len(config.connections_per_task) != L:

@@ -71,7 +71,7 @@ def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
     """
     if config.sparse:
         state = reserve_neurons(state, config)
-    if config.sparse and not config.replay:
+    if config.stores_output_columns:
         state = store_output_weights(state, config)
     next_task = jnp.asarray(config.num_tasks, jnp.int32) if config.joint else state.task + 1
     return state.replace(task=next_task)
