@@ -28,6 +28,7 @@ from spacenet_jax.config import (
     ConfigError,
     SpaceNetConfig,
     parse_int_list,
+    with_default_fields,
 )
 from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
@@ -236,7 +237,7 @@ def read_finished_runs(path: Path, config: SpaceNetConfig, benchmark: str) -> li
             f"move it away or choose another --out"
         ) from None
     for r in runs:
-        if r.get("benchmark") != benchmark or r.get("config") != json.loads(
+        if r.get("benchmark") != benchmark or with_default_fields(r.get("config")) != json.loads(
             json.dumps(config.to_dict())
         ):
             raise SystemExit(

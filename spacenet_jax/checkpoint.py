@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.config import SpaceNetConfig, with_default_fields
 from spacenet_jax.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
@@ -240,7 +240,7 @@ def check_compatible(
     where: str | Path = "the checkpoint",
 ) -> None:
     """Refuse metadata of another configuration, seed or benchmark, naming what differs."""
-    saved = meta.get("config", {})
+    saved = with_default_fields(meta.get("config", {}))
     wanted = _config_dict(config)
     diffs = [
         f"{k}: checkpoint {saved.get(k, '<absent>')!r}, this run {wanted.get(k, '<absent>')!r}"

@@ -256,6 +256,28 @@ class SpaceNetConfig:
         return dataclasses.asdict(self)
 
 
+def with_default_fields(saved: dict) -> dict:
+    """A saved ``to_dict()`` (JSON) with every field it lacks set to today's default, so that
+    results and checkpoints written before a field existed still match a run that leaves the
+    field at its default."""
+    if not isinstance(saved, dict):
+        return saved
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(SpaceNetConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    return json_ready({**json_ready(defaults), **saved})
+
+
+def json_ready(value):
+    """Tuples as lists, recursively, as JSON gives them back."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def _fail(message: str) -> None:
     raise ConfigError(message)
 

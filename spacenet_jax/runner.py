@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spacenet_jax import metrics
-from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.config import ConfigError, SpaceNetConfig, with_default_fields
 from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.data import ImageDataset, task_indices
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
@@ -396,7 +396,7 @@ def _check_resume(
     config: SpaceNetConfig, seed: int, benchmark: str, state: SpaceNetState, done: dict[str, Any]
 ) -> None:
     """Refuse a partial record that is not an earlier point of this very run."""
-    same_config = json.loads(json.dumps(done.get("config"))) == json.loads(
+    same_config = with_default_fields(json.loads(json.dumps(done.get("config")))) == json.loads(
         json.dumps(config.to_dict())
     )
     if not same_config or done.get("seed") != seed or done.get("benchmark") != benchmark:

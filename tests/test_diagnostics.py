@@ -94,3 +94,20 @@ def test_live_output_columns_keep_earlier_columns_in_the_network():
                                   np.asarray(b.weights[-1])[:, columns])
     with pytest.raises(ConfigError, match="output_columns"):
         dataclasses.replace(TINY, output_columns="elsewhere")
+
+
+def test_configs_saved_before_a_field_existed_still_match():
+    import json
+
+    from spacenet_jax.checkpoint import check_compatible
+    from spacenet_jax.config import with_default_fields
+
+    saved = json.loads(json.dumps(TINY.to_dict()))
+    del saved["output_columns"]  # written by a version without the field
+    assert with_default_fields(saved) == json.loads(json.dumps(TINY.to_dict()))
+    check_compatible({"config": saved, "seed": 0}, TINY, 0)  # no error
+    live = dataclasses.replace(TINY, output_columns="live")
+    from spacenet_jax.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="output_columns"):
+        check_compatible({"config": saved, "seed": 0}, live, 0)
