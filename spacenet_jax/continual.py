@@ -26,7 +26,7 @@ import numpy as np
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections
 from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.output_layer import store_output_weights
+from spacenet_jax.output_layer import keep_reserved_output_inputs, store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import rewire
 from spacenet_jax.state import SpaceNetState, make_optimizer
@@ -71,6 +71,8 @@ def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
     """
     if config.sparse:
         state = reserve_neurons(state, config)
+    if config.stores_output_columns and config.output_columns == "reserved":
+        state = keep_reserved_output_inputs(state, config)
     if config.stores_output_columns:
         state = store_output_weights(state, config)
     next_task = jnp.asarray(config.num_tasks, jnp.int32) if config.joint else state.task + 1

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.state import SpaceNetState
+from spacenet_jax.state import FREE, SpaceNetState
 
 Array = jax.Array
 
@@ -27,6 +27,24 @@ def store_output_weights(state: SpaceNetState, config: SpaceNetConfig) -> SpaceN
     saved = jnp.where(columns, live, state.saved_output_weights)
     return state.replace(
         weights=(*state.weights[:-1], jnp.zeros_like(live)), saved_output_weights=saved
+    )
+
+
+@partial(jax.jit, static_argnames="config")
+def keep_reserved_output_inputs(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
+    """Keep only the current task's output connections that leave its reserved last-hidden
+    units (``output_columns="reserved"``): the others are freed and zeroed, so a finished
+    task's logits no longer read units that later tasks keep training. Call after
+    ``reserve_neurons`` and before ``store_output_weights``."""
+    last = config.num_layers - 1
+    owner = state.connection_owner[last]
+    reserved = (state.neuron_owner[-1] == state.task)[:, None]
+    drop = (owner == state.task) & ~reserved
+    weights = jnp.where(drop, 0.0, state.weights[last])
+    owner = jnp.where(drop, jnp.asarray(FREE, owner.dtype), owner)
+    return state.replace(
+        weights=(*state.weights[:-1], weights),
+        connection_owner=(*state.connection_owner[:-1], owner),
     )
 
 

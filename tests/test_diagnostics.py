@@ -111,3 +111,25 @@ def test_configs_saved_before_a_field_existed_still_match():
 
     with pytest.raises(CheckpointError, match="output_columns"):
         check_compatible({"config": saved, "seed": 0}, live, 0)
+
+
+def test_reserved_output_columns_read_only_the_tasks_reserved_units():
+    config = dataclasses.replace(TINY, output_columns="reserved")
+    assert config.stores_output_columns
+    data = synthetic_dataset()
+    from spacenet_jax import learn_task, make_task_data
+    from spacenet_jax.data import task_indices
+    from spacenet_jax.state import init_state
+
+    tasks = make_task_data(data.train_images, data.train_labels,
+                           task_indices(data.train_labels, config.task_classes),
+                           config.batch_size)
+    state = init_state(config, 0)
+    for t in range(2):
+        state = learn_task(state, config, tasks[t])
+        saved = np.asarray(state.saved_output_weights)[:, config.class_masks()[t]]
+        reserved = np.asarray(state.neuron_owner[-1]) == t
+        assert np.abs(saved[~reserved]).max() == 0.0  # nothing from unreserved units
+        assert np.abs(saved[reserved]).max() > 0.0
+        owner = np.asarray(state.connection_owner[-1])
+        assert not np.any((owner == t) & ~reserved[:, None])
