@@ -133,3 +133,49 @@ def test_reserved_output_columns_read_only_the_tasks_reserved_units():
         assert np.abs(saved[reserved]).max() > 0.0
         owner = np.asarray(state.connection_owner[-1])
         assert not np.any((owner == t) & ~reserved[:, None])
+
+
+def test_detached_columns_change_gradients_not_values():
+    import jax.numpy as jnp
+    import optax
+
+    from spacenet_jax import begin_task, init_state
+
+    config = TINY_CNN
+    state, _ = begin_task(init_state(config, 0), config)
+    state = state.replace(weights=(*state.weights[:-1],
+                                   state.weights[-1] + 0.1 * jnp.ones_like(state.weights[-1])))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (8, 8 * 8 * 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 2, 8), jnp.int32)
+    x = preprocess(images, config)
+    detached = jnp.asarray(~config.class_masks()[0])
+    np.testing.assert_array_equal(forward(*state.params, x, config, detached),
+                                  forward(*state.params, x, config))
+
+    def loss(params, detach):
+        logits = forward(*params, x, config, detached if detach else None)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    def reference(params):  # the other classes' logits as constants
+        logits = forward(*params, x, config)
+        fixed = jax.lax.stop_gradient(logits)
+        logits = jnp.where(detached, fixed, logits)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    ours, plain, ref = (jax.grad(f)(state.params) for f in (
+        lambda p: loss(p, True), lambda p: loss(p, False), reference))
+    # equal except the other classes' own output weights and biases, which the train step
+    # masks anyway (they are frozen)
+    keep = np.asarray(~detached)
+    ours_w, ref_w = list(ours[0]), list(ref[0])
+    ours_w[-1], ref_w[-1] = ours_w[-1] * keep, ref_w[-1] * keep
+    ours_b, ref_b = list(ours[1]), list(ref[1])
+    ours_b[-1], ref_b[-1] = ours_b[-1] * keep, ref_b[-1] * keep
+    for a, r in zip(ours_w + ours_b, ref_w + ref_b, strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+    hidden_differs = any(
+        not np.allclose(a, b) for a, b in zip(ours[0][:-1], plain[0][:-1], strict=True))
+    assert hidden_differs  # the other classes' logits no longer reach the hidden layers
+    config_c = dataclasses.replace(TINY, output_columns="compete")
+    assert not config_c.stores_output_columns
