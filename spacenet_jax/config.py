@@ -35,8 +35,6 @@ METHODS: dict[str, str] = {
 OUTPUT_COLUMNS: dict[str, str] = {
     "stored": "moved aside while later tasks train, restored for prediction (the paper)",
     "live": "kept in the network, frozen, so later tasks' losses see their logits",
-    "compete": "kept in the network, frozen; later tasks' losses see their logits but send no "
-    "gradient through them into the hidden layers",
     "reserved": "stored, keeping only the connections from the task's reserved last-hidden "
     "units (no later task trains into them)",
 }
@@ -70,11 +68,9 @@ class SpaceNetConfig:
         Algorithm 1, lines 14-15: moved aside, so a later task's loss sees earlier classes only
         through their frozen biases; restored for prediction) or ``"live"`` (kept in the
         network, frozen, so a later task's loss also sees the earlier classes' logits on its
-        images and learns to beat them), ``"compete"`` (live, but their logits send no
-        gradient into the hidden layers: a later task raises its own logits above theirs
-        instead of pushing theirs down through the units they share), or ``"reserved"``
-        (stored, after dropping the task's output connections from last-hidden units it did
-        not reserve, which later tasks keep training). ``rehearsal`` always keeps them live.
+        images and learns to beat them), or ``"reserved"`` (stored, after dropping the task's
+        output connections from last-hidden units it did not reserve, which later tasks keep
+        training). ``rehearsal`` always keeps them live.
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
@@ -225,7 +221,7 @@ class SpaceNetConfig:
     @property
     def stores_output_columns(self) -> bool:
         """A finished task's output columns are moved aside while later tasks train."""
-        return self.sparse and not self.replay and self.output_columns in ("stored", "reserved")
+        return self.sparse and not self.replay and self.output_columns != "live"
 
     @property
     def joint(self) -> bool:

@@ -36,7 +36,6 @@ def forward(
     biases: Sequence[Array],
     x: Array,
     config: SpaceNetConfig | None = None,
-    detached_columns: Array | None = None,
 ) -> Array:
     """Logits ``(B, num_classes)`` of the ReLU network.
 
@@ -47,13 +46,8 @@ def forward(
 
     The weights are zero wherever no task owns a connection (a whole kernel for conv layers), so
     the masked sparse network needs no explicit mask in the forward pass.
-
-    ``detached_columns`` (bool ``(num_classes,)``): the logits of these classes take no
-    gradient into the hidden layers (their input features go through ``stop_gradient``); the
-    value is the same.
     """
     conv_layers = config.conv_layers if config is not None else 0
-    last = len(weights) - 1
     h = x
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if layer < conv_layers:
@@ -61,12 +55,7 @@ def forward(
         else:
             if h.ndim > 2:
                 h = h.reshape(h.shape[0], -1)
-            if layer == last and detached_columns is not None:
-                # disjoint columns: each logit gets exactly one non-zero term, the same value
-                h = (h @ jnp.where(detached_columns, 0.0, w)
-                     + jax.lax.stop_gradient(h) @ jnp.where(detached_columns, w, 0.0) + b)
-            else:
-                h = h @ w + b
+            h = h @ w + b
         if layer < len(weights) - 1:
             h = jax.nn.relu(h)
         if layer < conv_layers and layer in config.pool_after:

@@ -64,10 +64,9 @@ def _masked(tree, masks):
 
 
 def _loss(
-    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array,
-    detached_columns: Array | None = None,
+    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array
 ):
-    logits = forward(*params, x, config, detached_columns)
+    logits = forward(*params, x, config)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     # Padding (weight 0) repeats some example whose label may lie outside the output layer,
     # where the loss is NaN: select it away rather than multiply NaN by 0.
@@ -87,11 +86,8 @@ def _train_step(
     tx = make_optimizer(config)
     params = state.params
     x = preprocess(images, config)
-    detached = None
-    if config.output_columns == "compete" and config.sparse and not config.replay:
-        detached = ~jnp.asarray(config.class_masks())[state.task]  # every other task's classes
     grads, (loss_sum, logits) = jax.grad(_loss, has_aux=True)(
-        params, config, x, labels, example_weights, detached
+        params, config, x, labels, example_weights
     )
     grads = _masked(grads, masks)
     updates, opt_state = tx.update(grads, state.opt_state, params)
