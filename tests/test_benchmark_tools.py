@@ -17,6 +17,20 @@ def test_flops_of_a_dense_masked_step():
     assert flops_per_step(SPLIT_MNIST) == 6 * 128 * 477600
 
 
+def test_flops_of_the_cnn_step():
+    from benchmarks.cnn import forward_flops, step_flops
+    from experiments.split_cifar10 import SPLIT_CIFAR10
+
+    macs = [32 * 32 * 9 * 3 * 32,    # conv1, SAME on 32x32
+            30 * 30 * 9 * 32 * 32,   # conv2, VALID -> 30x30, pool -> 15x15
+            15 * 15 * 9 * 32 * 64,   # conv3, SAME
+            13 * 13 * 9 * 64 * 64,   # conv4, VALID -> 13x13, pool -> 6x6
+            2304 * 512, 512 * 10]
+    assert forward_flops(SPLIT_CIFAR10) == 2 * 128 * sum(macs)
+    # backward: twice the forward, without the images' gradient (conv1's input gradient)
+    assert step_flops(SPLIT_CIFAR10) == 2 * 128 * (3 * sum(macs) - macs[0])
+
+
 def test_whole_process_reports_wall_cpu_and_memory():
     usage = whole_process(["json.tool", "--help"], dict(os.environ))
     assert usage["wall_s"] > 0 and usage["cpu_s"] > 0 and 5 < usage["peak_mib"] < 2000
