@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": jax.local_devices()[0].platform == "cpu" and _cpus()},
+                    "cpus": os.cpu_count()},
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
@@ -267,11 +267,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return result
-
-
-def _cpus() -> int:
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def print_table(r: dict[str, Any]) -> None:

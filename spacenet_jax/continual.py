@@ -71,9 +71,9 @@ def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
     """
     if config.sparse:
         state = reserve_neurons(state, config)
-    if config.stores_output_columns and config.output_columns == "reserved":
-        state = keep_reserved_output_inputs(state, config)
     if config.stores_output_columns:
+        if config.output_columns == "reserved":
+            state = keep_reserved_output_inputs(state, config)
         state = store_output_weights(state, config)
     next_task = jnp.asarray(config.num_tasks, jnp.int32) if config.joint else state.task + 1
     return state.replace(task=next_task)
