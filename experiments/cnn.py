@@ -166,7 +166,8 @@ def cnn_config(
         connections_per_task=(1,) * (len(sizes) - 1), selected_neurons=selected,
         specific_neurons=tuple(specific), image_shape=(32, 32, 3), conv_layers=4,
         conv_padding=("SAME", "VALID", "SAME", "VALID"), pool_after=(1, 3),
-        input_mean=CIFAR_MEAN, input_std=CIFAR_STD, **{**hyper, "method": "finetune"},
+        input_mean=CIFAR_MEAN, input_std=CIFAR_STD,
+        **{**hyper, "method": "finetune", "inference": "shared"},
     )
     if connections is None:
         # Hidden layers: by the budget rule. Output layer (both rules): a fraction of the block
@@ -185,6 +186,7 @@ def cnn_config(
         shape_only,
         connections_per_task=tuple(connections),
         method=hyper.get("method", "spacenet"),
+        inference=hyper.get("inference", "shared"),
     )
 
 
@@ -229,6 +231,6 @@ def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> 
         selected=args.selected_neurons, specific=args.specific_neurons,
         rewire_ratio=args.rewire_ratio, method=args.method,
         replay_per_task=args.replay_per_task, output_columns=args.output_columns,
-        learning_rate=args.lr, momentum=args.momentum, batch_size=args.batch_size,
-        epochs=args.epochs,
+        inference=args.inference, learning_rate=args.lr, momentum=args.momentum,
+        batch_size=args.batch_size, epochs=args.epochs,
     )

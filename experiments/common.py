@@ -23,6 +23,7 @@ from spacenet_jax.checkpoint import (
     seed_dir,
 )
 from spacenet_jax.config import (
+    INFERENCE,
     METHODS,
     OUTPUT_COLUMNS,
     ConfigError,
@@ -130,6 +131,9 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
                    default=defaults.output_columns,
                    help="finished tasks' output columns while later tasks train: "
                    + "; ".join(f"{k}: {v}" for k, v in OUTPUT_COLUMNS.items()))
+    h.add_argument("--inference", choices=list(INFERENCE), default=defaults.inference,
+                   help="which network scores each task's classes (no task identity either "
+                   "way): " + "; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -148,6 +152,7 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
         method=args.method,
         replay_per_task=args.replay_per_task,
         output_columns=args.output_columns,
+        inference=args.inference,
         learning_rate=args.lr,
         momentum=args.momentum,
         batch_size=args.batch_size,

@@ -31,7 +31,7 @@ from spacenet_jax.compiler import configure_xla
 configure_xla()  # before anything below can start a JAX backend
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections, select_neurons
-from spacenet_jax.config import METHODS, ConfigError, SpaceNetConfig
+from spacenet_jax.config import INFERENCE, METHODS, ConfigError, SpaceNetConfig
 from spacenet_jax.continual import (
     CapacityError,
     DivergenceError,
@@ -43,7 +43,13 @@ from spacenet_jax.continual import (
     train_epoch_and_rewire,
 )
 from spacenet_jax.importance import neuron_importance
-from spacenet_jax.network import forward, predict, predict_with_tasks
+from spacenet_jax.network import (
+    forward,
+    predict,
+    predict_with_tasks,
+    task_subnetwork_logits,
+    task_subnetwork_weights,
+)
 from spacenet_jax.output_layer import inference_weights, store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import drop_connections, grow_connections, rewire
@@ -55,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FREE",
+    "INFERENCE",
     "METHODS",
     "CapacityError",
     "ConfigError",
@@ -80,6 +87,8 @@ __all__ = [
     "rewire",
     "select_neurons",
     "store_output_weights",
+    "task_subnetwork_logits",
+    "task_subnetwork_weights",
     "train_epoch",
     "train_epoch_and_rewire",
     "train_epoch_stepwise",

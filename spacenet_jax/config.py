@@ -39,6 +39,14 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "units (no later task trains into them)",
 }
 
+#: ``SpaceNetConfig.inference``: which network scores each task's classes at prediction time.
+INFERENCE: dict[str, str] = {
+    "shared": "one forward pass of the whole network, every stored output column restored "
+    "(the paper)",
+    "per_task": "each task's classes scored by the sub-network it was learned in: the "
+    "connections of it and earlier tasks, with the biases it ended with (no drift)",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
@@ -71,6 +79,14 @@ class SpaceNetConfig:
         images and learns to beat them), or ``"reserved"`` (stored, after dropping the task's
         output connections from last-hidden units it did not reserve, which later tasks keep
         training). ``rehearsal`` always keeps them live.
+      inference: one of ``INFERENCE``: how a learned network scores the classes, without task
+        identity either way. ``"shared"`` (the paper) runs the whole network once; later tasks'
+        connections into units an earlier task reads, and the biases they keep training, move
+        that task's logits (its features drift). ``"per_task"`` scores task t's classes with
+        the sub-network of the connections of tasks ``<= t`` and the biases as they were when t
+        ended (kept in ``SpaceNetState.task_biases``), which later tasks never change: T forward
+        passes instead of one, and every task's logits stay exactly what they were when it was
+        learned. Training is the same. Only for the sparse methods that store output columns.
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
@@ -97,6 +113,7 @@ class SpaceNetConfig:
     method: str = "spacenet"
     replay_per_task: int = 0
     output_columns: str = "stored"
+    inference: str = "shared"
     learning_rate: float = 0.01
     momentum: float = 0.0
     batch_size: int = 128
@@ -301,6 +318,15 @@ def validate(config: SpaceNetConfig) -> None:
         _fail(
             f"output_columns must be one of {', '.join(OUTPUT_COLUMNS)}, got "
             f"{config.output_columns!r}"
+        )
+    if config.inference not in INFERENCE:
+        _fail(f"inference must be one of {', '.join(INFERENCE)}, got {config.inference!r}")
+    if config.inference == "per_task" and not config.stores_output_columns:
+        _fail(
+            f"inference='per_task' needs task-owned connections and stored output columns "
+            f"(method spacenet or static, output_columns stored or reserved); method "
+            f"{config.method!r} with output_columns {config.output_columns!r} has none: use "
+            f"inference='shared'"
         )
     if config.replay_per_task < 0:
         _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")

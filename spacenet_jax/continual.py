@@ -63,14 +63,20 @@ def begin_task(
 
 @partial(jax.jit, static_argnames="config")
 def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
-    """Finish task ``state.task``: reserve neurons (Algorithm 4), store its output columns
-    (Algorithm 1, lines 14-15), and move on to the next task.
+    """Finish task ``state.task``: reserve neurons (Algorithm 4), keep its biases for
+    per-task inference, store its output columns (Algorithm 1, lines 14-15), and move on to the
+    next task.
 
     ``rehearsal`` keeps the output columns live instead of storing them; the dense baselines
     reserve and store nothing; ``joint`` has learned every task after its single stage.
     """
     if config.sparse:
         state = reserve_neurons(state, config)
+    if config.inference == "per_task":
+        state = state.replace(task_biases=tuple(
+            kept.at[state.task].set(b) for kept, b in zip(state.task_biases, state.biases,
+                                                          strict=True)
+        ))
     if config.stores_output_columns:
         if config.output_columns == "reserved":
             state = keep_reserved_output_inputs(state, config)

@@ -73,10 +73,52 @@ def seen_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:
     return jnp.any(masks & learned[:, None], axis=0)
 
 
+def task_subnetwork_weights(
+    state: SpaceNetState, task: int | Array
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """The weights and biases of the sub-network task ``task`` was learned in.
+
+    The connections owned by tasks ``<= task`` (every stored output column restored), and the
+    biases kept when ``task`` ended (``state.task_biases[l][task]``; the live biases while it
+    is still being learned). Later tasks' connections are zero and their bias updates undone,
+    so for a finished task this is bit for bit the network it ended with.
+    """
+    weights = tuple(
+        jnp.where(owner <= task, w, 0.0)  # FREE (-1) positions are zero anyway
+        for owner, w in zip(state.connection_owner, inference_weights(state), strict=True)
+    )
+    ended = task < state.task
+    biases = tuple(
+        jnp.where(ended, kept[task], b) for kept, b in zip(state.task_biases, state.biases,
+                                                            strict=True)
+    )
+    return weights, biases
+
+
+def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Array) -> Array:
+    """Logits ``(B, num_classes)`` of preprocessed inputs, each task's classes scored by the
+    sub-network it was learned in (``config.inference == "per_task"``).
+
+    One forward pass per task (``config.num_tasks`` in all, a static count); the columns of
+    task t's classes come from ``task_subnetwork_weights(state, t)``. No task identity is
+    used: the class-incremental argmax then runs over all these logits as usual.
+    """
+    class_masks = jnp.asarray(config.class_masks())  # (T, C)
+    logits = None
+    for task in range(config.num_tasks):
+        weights, biases = task_subnetwork_weights(state, task)
+        out = forward(weights, biases, x, config)
+        logits = out if logits is None else jnp.where(class_masks[task], out, logits)
+    return logits
+
+
 def _logits(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:
     """Logits ``(B, num_classes)`` of uint8 images ``(B, D)``, every stored output column
-    restored."""
-    return forward(inference_weights(state), state.biases, preprocess(images, config), config)
+    restored, by the network ``config.inference`` names."""
+    x = preprocess(images, config)
+    if config.inference == "per_task":
+        return task_subnetwork_logits(state, config, x)
+    return forward(inference_weights(state), state.biases, x, config)
 
 
 def _masked_argmax(logits: Array, mask: Array) -> Array:

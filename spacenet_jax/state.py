@@ -52,6 +52,10 @@ class SpaceNetState:
       selected: per unit layer 0..L, bool ``(n_units,)``: the current task's selected units (all
         inputs; ``sel_l`` free hidden neurons; the task's classes at the output).
       saved_output_weights: ``(fan_in_L, num_classes)``: output columns of finished tasks.
+      task_biases: with ``config.inference == "per_task"``, per layer float32
+        ``(num_tasks, fan_out)``: row t holds the biases as they were when task t ended (zeros
+        before); otherwise ``()``, so states and checkpoints of the paper's inference do not
+        change.
       task: int32 scalar, index of the task being learned (or next to learn).
       opt_state: the optax state of the current task's optimiser.
       rng: uint32 ``(2,)`` PRNG key, advanced by every random operation.
@@ -65,6 +69,7 @@ class SpaceNetState:
     neuron_owner: tuple[Array, ...]
     selected: tuple[Array, ...]
     saved_output_weights: Array
+    task_biases: tuple[Array, ...]
     task: Array
     opt_state: optax.OptState
     rng: Array
@@ -112,6 +117,9 @@ def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
         ),
         selected=tuple(jnp.zeros((n,), bool) for n in config.layer_sizes),
         saved_output_weights=jnp.zeros(shapes[-1], jnp.float32),
+        task_biases=tuple(
+            jnp.zeros((config.num_tasks, s[-1]), jnp.float32) for s in shapes
+        ) if config.inference == "per_task" else (),
         task=jnp.zeros((), jnp.int32),
         opt_state=make_optimizer(config).init((weights, biases)),
         rng=key,

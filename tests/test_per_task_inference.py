@@ -1,0 +1,126 @@
+"""Per-task inference (``config.inference == "per_task"``): every task's classes are scored by
+the sub-network it was learned in, so later tasks cannot move its logits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY, TINY_CNN, host, synthetic_dataset
+
+from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
+from spacenet_jax.config import ConfigError
+from spacenet_jax.network import (
+    forward,
+    predict_with_tasks,
+    preprocess,
+    task_subnetwork_logits,
+    task_subnetwork_weights,
+)
+from spacenet_jax.output_layer import inference_weights
+from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.state import init_state
+
+
+def _data(config):
+    dim = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
+    return synthetic_dataset(dim=dim)
+
+
+def _run_keeping_states(config, data, seed=0):
+    states = []
+    state, record = run_task_sequence(
+        config, data, seed, progress=False,
+        on_task_end=lambda task, s, rec: states.append(host(s)),
+    )
+    return host(state), record, states
+
+
+@pytest.mark.parametrize("base", [TINY, TINY_CNN], ids=["mlp", "cnn"])
+def test_each_task_is_scored_by_the_network_it_ended_with(base):
+    config = dataclasses.replace(base, inference="per_task")
+    data = _data(config)
+    final, _, states = _run_keeping_states(config, data)
+    x = preprocess(data.test_images, config)
+    logits = np.asarray(task_subnetwork_logits(final, config, x))
+    masks = np.asarray(config.class_masks())
+    for t, after_t in enumerate(states):
+        # What the whole network gave for task t's classes just after learning t.
+        then = np.asarray(forward(inference_weights(after_t), after_t.biases, x, config))
+        np.testing.assert_allclose(logits[:, masks[t]], then[:, masks[t]], rtol=1e-6, atol=1e-6)
+        # Its biases were kept, and its sub-network holds no later task's connection.
+        for kept, b in zip(final.task_biases, after_t.biases, strict=True):
+            np.testing.assert_array_equal(kept[t], b)
+        weights, _ = task_subnetwork_weights(final, t)
+        for owner, w in zip(final.connection_owner, weights, strict=True):
+            later = np.asarray(owner) > t
+            w = np.asarray(w)
+            assert not np.any(w[..., later] if w.ndim == 4 else w[later])
+    # The later tasks did change the shared network's logits for the first task: the test
+    # would not notice anything otherwise.
+    shared = np.asarray(forward(inference_weights(final), final.biases, x, config))
+    first = np.asarray(forward(inference_weights(states[0]), states[0].biases, x, config))
+    assert not np.allclose(shared[:, masks[0]], first[:, masks[0]], atol=1e-4)
+
+
+def test_training_is_the_same_and_only_prediction_changes():
+    data = _data(TINY)
+    shared_state, shared_rec, _ = _run_keeping_states(TINY, data)
+    per_task = dataclasses.replace(TINY, inference="per_task")
+    state, record, _ = _run_keeping_states(per_task, data)
+    for a, b in zip(jax.tree.leaves(shared_state), jax.tree.leaves(state.replace(task_biases=())),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert shared_state.task_biases == ()
+    # Right after the first task both predict the same: the sub-network is the network.
+    assert record["acc_matrix"][0] == shared_rec["acc_matrix"][0]
+    assert record["config"]["inference"] == "per_task"
+    assert shared_rec["config"]["inference"] == "shared"
+
+
+def test_task_il_predictions_use_each_tasks_sub_network():
+    config = dataclasses.replace(TINY, inference="per_task")
+    data = _data(config)
+    final, _, states = _run_keeping_states(config, data)
+    preds = np.asarray(predict_with_tasks(final, config, data.test_images))
+    x = preprocess(data.test_images, config)
+    masks = np.asarray(config.class_masks())
+    for t, after_t in enumerate(states):
+        then = np.asarray(forward(inference_weights(after_t), after_t.biases, x, config))
+        want = np.where(masks[t], then, -np.inf).argmax(axis=1)
+        np.testing.assert_array_equal(preds[:, 1 + t], want)
+
+
+def test_before_a_task_ends_it_uses_the_live_biases():
+    config = dataclasses.replace(TINY, inference="per_task")
+    state = init_state(config, 0)
+    assert [b.shape for b in state.task_biases] == [(3, 24), (3, 20), (3, 6)]
+    state = state.replace(biases=tuple(b + 1.0 for b in state.biases))
+    _, biases = task_subnetwork_weights(state, 0)  # task 0 is being learned
+    for b in biases:
+        np.testing.assert_array_equal(b, 1.0)
+
+
+@pytest.mark.parametrize("method", ["finetune", "joint", "rehearsal"])
+def test_refused_without_task_owned_connections(method):
+    with pytest.raises(ConfigError, match=r"inference='per_task' needs .*use inference='shared'"):
+        dataclasses.replace(TINY, method=method, inference="per_task")
+    with pytest.raises(ConfigError, match=r"inference must be one of shared, per_task"):
+        dataclasses.replace(TINY, inference="ensemble")
+
+
+def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
+    config = dataclasses.replace(TINY, inference="per_task")
+    data = _data(config)
+    with TaskCheckpointer(tmp_path, config, 0, benchmark="synthetic") as ck:
+        state, _ = run_task_sequence(config, data, 0, progress=False, on_task_end=ck,
+                                     benchmark="synthetic")
+    restored, _ = restore_task(seed_dir(tmp_path, 0), config, 0, benchmark="synthetic")
+    for a, b in zip(host(state).task_biases, restored.task_biases, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The paper's inference cannot read it (another configuration), and says so.
+    from spacenet_jax.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="inference"):
+        restore_task(seed_dir(tmp_path, 0), TINY, 0, benchmark="synthetic")
