@@ -23,6 +23,7 @@ with a ``CheckpointError`` that says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -73,6 +74,19 @@ def _manager(directory: Path, *, create: bool):
         cleanup_tmp_directories=True,  # a save interrupted earlier leaves a tmp folder
     )
     return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def _stored_tree(state: SpaceNetState) -> dict[str, Any]:
+    """The state as the checkpoint stores it: its fields by name, leaving out empty ones (e.g.
+    ``task_biases`` of the paper's inference), so that adding an optional field does not
+    change the checkpoints of runs that leave it empty."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return {k: v for k, v in fields.items() if not (isinstance(v, tuple) and not v)}
+
+
+def _from_stored_tree(tree: dict[str, Any], template: SpaceNetState) -> SpaceNetState:
+    """Inverse of ``_stored_tree``: the empty fields come from ``template``."""
+    return template.replace(**tree)
 
 
 def _config_dict(config: SpaceNetConfig) -> dict[str, Any]:
@@ -141,7 +155,7 @@ class TaskCheckpointer:
             self._manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)
+                    state=ocp.args.StandardSave(_stored_tree(host)), meta=ocp.args.JsonSave(meta)
                 ),
             )
             self._manager.wait_until_finished()
@@ -291,9 +305,10 @@ def restore_task(
     )
     manager = _manager(directory, create=False)
     try:
-        host = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        stored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_stored_tree(target)))
         ).state
+        host = _from_stored_tree(dict(stored), target)
     except Exception as err:
         raise _corrupt(directory, step, err) from err
     finally:
