@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.results_io import (  # noqa: F401  (re-exported: the experiments' API)
+    check_seeds_not_done,
+    merge_runs,
+    provenance,
+    read_finished_runs,
+    refuse,
+    write_json_atomic,
+)
+from experiments.training_log import TrainingLog
 from spacenet_jax import metrics
 from spacenet_jax.checkpoint import (
     CheckpointError,
@@ -29,7 +36,6 @@ from spacenet_jax.config import (
     ConfigError,
     SpaceNetConfig,
     parse_int_list,
-    with_default_fields,
 )
 from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
@@ -56,6 +62,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def version_line() -> str:
+    """``--version``'s answer: this package's version and the JAX stack it runs on."""
+    import flax
+    import jax
+    import optax
+
+    import spacenet_jax
+
+    return (f"spacenet-jax {spacenet_jax.__version__} (jax {jax.__version__}, flax "
+            f"{flax.__version__}, optax {optax.__version__})")
+
+
 def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.ArgumentParser:
     """Every hyper-parameter is a flag defaulting to the paper's value."""
     p = argparse.ArgumentParser(
@@ -74,8 +92,14 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
         help="folder holding one sub-folder per dataset with the canonical files (offline use, "
         "e.g. ../shared/datasets); default: $SPACENET_DATA_DIR, else tfds downloads",
     )
-    g.add_argument("--out", type=Path, default=None, help="write OUT/results.json")
+    g.add_argument("--out", type=Path, default=None,
+                   help="write OUT/results.json (merged with the runs it already holds), "
+                   "OUT/epochs.jsonl (training curves) and OUT/final_task_accuracy.png")
+    g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also write the training curves and test accuracies as TensorBoard "
+                   "event files in DIR/seed_<seed> (needs tensorboardX)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--version", action="version", version=version_line())
     g.add_argument(
         "--dry-run", action="store_true",
         help="print the capacity plan (neurons and connections per layer per task, capacity "
@@ -160,15 +184,6 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
     )
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, sd and standard error over seeds of the headline metrics."""
     keys = ("final_avg_acc", "final_task_il_avg_acc", "final_overall_acc", "avg_forgetting",
@@ -227,32 +242,6 @@ def load_or_exit(dataset_name: str, data_dir: str | None, quiet: bool) -> ImageD
         raise SystemExit(2) from None
 
 
-def read_finished_runs(path: Path, config: SpaceNetConfig, benchmark: str) -> list[dict]:
-    """Runs already in ``path`` (a results.json) for this exact configuration, else ``[]``.
-
-    A file from another configuration or benchmark is refused rather than mixed in.
-    """
-    if not path.exists():
-        return []
-    try:
-        runs = json.loads(path.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SystemExit(
-            f"error: cannot resume from {path}: it is not a results.json ({err}); "
-            f"move it away or choose another --out"
-        ) from None
-    for r in runs:
-        if r.get("benchmark") != benchmark or with_default_fields(r.get("config")) != json.loads(
-            json.dumps(config.to_dict())
-        ):
-            raise SystemExit(
-                f"error: {path} holds runs of another configuration or benchmark "
-                f"(seed {r.get('seed')}, method {r.get('method')}); move it away, choose "
-                f"another --out, or drop --resume"
-            )
-    return runs
-
-
 def default_seed_batch(config: SpaceNetConfig, num_seeds: int) -> int:
     """All seeds as one vmapped program, except a CNN on the CPU: one seed at a time there
     (a few CPU cores gain nothing from batching seeds, and a batch holds every seed's
@@ -293,6 +282,8 @@ def run_seeds(
     dataset_name: str | None = None,
     resume_from: dict[int, tuple[Any, dict[str, Any]]] | None = None,
     seed_batch: int | None = None,
+    run_provenance: dict[str, Any] | None = None,
+    training_log: TrainingLog | None = None,
 ) -> dict[str, Any]:
     """Run every seed (skipping those in ``finished``), rewriting ``out`` after each batch.
 
@@ -302,9 +293,11 @@ def run_seeds(
     is saved (``TaskCheckpointer``) in ``checkpoint_dir/seed_<seed>``; ``resume_from`` maps a
     seed to the ``(state, record)`` it continues from (``restore_task``).
 
-    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json`` (runs in the
-    order of ``seeds``). A crash loses at most the batch in progress (with checkpoints, at most
-    the task in progress).
+    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json``: the runs of
+    ``finished`` (which may include seeds not in ``seeds``) and the new ones, ordered by seed;
+    each new run carries ``run_provenance`` (``provenance()``) under ``"provenance"``;
+    ``training_log`` receives every epoch's and task's numbers. A crash
+    loses at most the batch in progress (with checkpoints, at most the task in progress).
     """
     from spacenet_jax.runner import run_task_sequence, run_task_sequences
 
@@ -324,7 +317,8 @@ def run_seeds(
                                    dataset=dataset_name)
             for seed in batch if checkpoint_dir is not None
         }
-        on_task_end = _checkpoint_callback(checkpointers) if checkpointers else None
+        on_task_end = _task_end_callback(checkpointers, training_log)
+        on_epoch_end = training_log.epoch_end if training_log is not None else None
         try:
             if len(batch) == 1:
                 seed = batch[0]
@@ -332,13 +326,14 @@ def run_seeds(
                     config, dataset, seed, benchmark=benchmark, progress=progress,
                     on_task_end=(lambda t, st, r, s=seed, f=on_task_end: f(s, t, st, r))
                     if on_task_end else None,
-                    resume_from=resume_from.get(seed),
+                    resume_from=resume_from.get(seed), on_epoch_end=on_epoch_end,
                 )
             elif batch:
                 results = run_task_sequences(
                     config, dataset, batch, benchmark=benchmark, progress=progress,
                     on_task_end=on_task_end,
                     resume_from={s: resume_from[s] for s in batch if s in resume_from},
+                    on_epoch_end=on_epoch_end,
                 )
                 records.update({s: r for s, (_, r) in zip(batch, results, strict=True)})
         except (ConfigError, DivergenceError, CheckpointError) as err:  # during a task
@@ -349,7 +344,10 @@ def run_seeds(
         finally:
             for checkpointer in checkpointers.values():
                 checkpointer.close()
-        runs = [records[s] for s in seeds if s in records]
+        if run_provenance is not None:
+            for seed in batch:
+                records[seed]["provenance"] = run_provenance
+        runs = merge_runs(finished or [], records)
         payload = {"runs": runs, "summary": summarize_runs(runs)}
         payload["summary"].update(benchmark=benchmark, method=config.method)
         if out is not None:
@@ -362,13 +360,23 @@ def run_seeds(
 KILL_AFTER_TASK_ENV = "SPACENET_TEST_KILL_AFTER_TASK"
 
 
-def _checkpoint_callback(checkpointers: dict[int, TaskCheckpointer]):
+def _task_end_callback(
+    checkpointers: dict[int, TaskCheckpointer], training_log: TrainingLog | None
+) -> Callable[[int, int, Any, dict[str, Any]], None] | None:
+    """``on_task_end(seed, task, state, record)``: log the task's test accuracies, then save
+    its checkpoint (a crash in between redoes the task on resume, whose log lines are then
+    dropped). None when there is nothing to do."""
+    if not checkpointers and training_log is None:
+        return None
     kill_after = os.environ.get(KILL_AFTER_TASK_ENV)
 
     def on_task_end(seed: int, task: int, state: Any, record: dict[str, Any]) -> None:
-        step = checkpointers[seed].save(state, record)  # returns once the step is on disk
-        if kill_after and step == int(kill_after):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if training_log is not None:
+            training_log.task_end(seed, task, record)
+        if checkpointers:
+            step = checkpointers[seed].save(state, record)  # returns once the step is on disk
+            if kill_after and step == int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)
 
     return on_task_end
 
@@ -490,7 +498,8 @@ def main(
         parser.error("--resume needs --out (the folder whose results.json to continue) or "
                      "--checkpoint-dir")
     out = args.out / "results.json" if args.out is not None else None
-    finished = read_finished_runs(out, config, benchmark) if args.resume and out else []
+    finished = read_finished_runs(out, config, benchmark)  # kept, or refused if another config
+    check_seeds_not_done(out, finished, seeds, args.resume)
     done = {r["seed"] for r in finished}
     try:
         resume_from = plan_resume(
@@ -512,10 +521,20 @@ def main(
             raise SystemExit(2) from None
 
     start = time.perf_counter()
-    payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
-                        progress=not args.quiet, finished=finished,
-                        checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
-                        resume_from=resume_from, seed_batch=args.seed_batch)
+    training_log = TrainingLog(
+        args.out, {s: len(resume_from[s][1]["acc_matrix"]) if s in resume_from else 0
+                   for s in seeds if s not in done},
+        config.epochs, args.tensorboard,
+    ) if is_main_process() and (args.out or args.tensorboard) else None
+    try:
+        payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
+                            progress=not args.quiet, finished=finished,
+                            checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
+                            resume_from=resume_from, seed_batch=args.seed_batch,
+                            run_provenance=provenance(argv), training_log=training_log)
+    finally:
+        if training_log is not None:
+            training_log.close()
     if not is_main_process():
         return payload
     print_table(payload["runs"], payload["summary"])

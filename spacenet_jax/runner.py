@@ -29,6 +29,8 @@ from spacenet_jax.state import FREE, SpaceNetState, init_state
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
 #: ``(seed, task, state, partial_record)``, called for every seed of a batch after each task.
 SeedTaskEndCallback = Callable[[int, int, SpaceNetState, dict[str, Any]], None]
+#: ``(seed, task, epoch, loss, train_accuracy)``, called for every seed after each epoch.
+EpochEndCallback = Callable[[int, int, int, float, float], None]
 
 
 def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
@@ -74,6 +76,7 @@ def run_task_sequence(
     progress: bool = True,
     on_task_end: TaskEndCallback | None = None,
     resume_from: tuple[SpaceNetState, dict[str, Any]] | None = None,
+    on_epoch_end: EpochEndCallback | None = None,
 ) -> tuple[SpaceNetState, dict[str, Any]]:
     """Learn ``config.task_classes`` one task after the other on ``dataset``, for one seed.
 
@@ -91,6 +94,9 @@ def run_task_sequence(
       benchmark: name stored in the record.
       progress: show a progress bar per epoch (on stderr).
       on_task_end: called as ``on_task_end(task, state, partial_record)`` after each task.
+      on_epoch_end: called as ``on_epoch_end(seed, task, epoch, loss, train_accuracy)`` after
+        every epoch (``task`` and ``epoch`` 0-based, like ``on_task_end``'s ``task``), e.g. to
+        log the training curves.
       resume_from: ``(state, record)`` after some tasks of this same run (config, seed,
         benchmark), e.g. from ``spacenet_jax.checkpoint.restore_task``: the sequence continues
         from there and ends exactly as an uninterrupted run would (the data order and every
@@ -120,7 +126,7 @@ def run_task_sequence(
         learn=lambda st, t, on_epoch: learn_task(st, config, train_tasks[t], on_epoch),
         predict=predict_all, split=lambda st: [st],
         done=None if resume_from is None else [resume_from[1]],
-        benchmark=benchmark, progress=progress, on_task_end=callback,
+        benchmark=benchmark, progress=progress, on_task_end=callback, on_epoch_end=on_epoch_end,
     )
     return states[0], records[0]
 
@@ -134,6 +140,7 @@ def run_task_sequences(
     progress: bool = True,
     on_task_end: SeedTaskEndCallback | None = None,
     resume_from: dict[int, tuple[SpaceNetState, dict[str, Any]]] | None = None,
+    on_epoch_end: EpochEndCallback | None = None,
     devices: list[jax.Device] | None = None,
 ) -> list[tuple[SpaceNetState, dict[str, Any]]]:
     """``run_task_sequence`` for several seeds at once: one vmapped program per epoch.
@@ -222,6 +229,7 @@ def run_task_sequences(
         split=split,
         done=[resume_from[s][1] for s in seeds] if resume_from else None,
         benchmark=benchmark, progress=progress, on_task_end=on_task_end,
+        on_epoch_end=on_epoch_end,
         test_images=np.asarray(dataset.test_images),
         devices=len(devices),
     )
@@ -243,6 +251,7 @@ def _run_sequence(
     on_task_end: SeedTaskEndCallback | None,
     test_images: np.ndarray | jax.Array | None = None,
     devices: int = 1,
+    on_epoch_end: EpochEndCallback | None = None,
 ) -> tuple[list[SpaceNetState], list[dict[str, Any]]]:
     """The task loop shared by one seed and a batch of seeds.
 
@@ -278,6 +287,11 @@ def _run_sequence(
     )
 
     def on_epoch(task: int, epoch: int, m: Any) -> None:
+        if on_epoch_end is not None:
+            n = len(seeds)  # a sharded batch may carry padding seeds after the real ones
+            losses, accs = np.atleast_1d(m.loss)[:n], np.atleast_1d(m.accuracy)[:n]
+            for seed, seed_loss, seed_acc in zip(seeds, losses, accs, strict=True):
+                on_epoch_end(seed, task, epoch, float(seed_loss), float(seed_acc))
         loss, acc = np.mean(m.loss), np.mean(m.accuracy)
         over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
         line = (

@@ -1,0 +1,188 @@
+"""``results.json``: written safely, merged with the runs it already holds, and stamped with
+where its numbers come from.
+
+* ``write_json_atomic``: a temporary file, fsync, rename: a crash never leaves half a file nor
+  a stray temporary one, and the file gets the mode the umask allows (not ``mkstemp``'s 0600).
+* ``read_finished_runs``: the runs a ``results.json`` already holds for this exact
+  configuration, after checking its structure; anything else is refused with exit status 2.
+* ``provenance``: package, git commit, library versions, device, command line and date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NoReturn
+
+from spacenet_jax.config import SpaceNetConfig, with_default_fields
+
+#: Keys every run of a ``results.json`` must have (and their types) to be kept or resumed.
+RUN_KEYS: dict[str, type | tuple[type, ...]] = {
+    "seed": int,
+    "benchmark": str,
+    "method": str,
+    "config": dict,
+    "acc_matrix": list,
+    "final_task_acc": list,
+    "final_avg_acc": (int, float),
+    "seconds": dict,
+}
+
+
+def refuse(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with status 2, as every refusal does."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file in the same folder, fsync
+    and rename, so that a crash leaves either the old file or the new one.
+
+    The file is readable as the umask allows (``0o666 & ~umask``). If writing fails, the
+    temporary file is removed and the error propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _structure_problem(payload: Any) -> str | None:
+    """What is wrong with a parsed ``results.json``, or None."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list):
+        return "it has no list of runs under the key 'runs'"
+    for i, run in enumerate(payload["runs"]):
+        if not isinstance(run, dict):
+            return f"run {i + 1} is not an object"
+        for key, kind in RUN_KEYS.items():
+            if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
+                return f"run {i + 1} has no valid {key!r}"
+    return None
+
+
+def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str) -> list[dict]:
+    """The runs ``path`` (a ``results.json``) already holds, all of ``config`` and
+    ``benchmark``; ``[]`` if there is no such file.
+
+    Exits with status 2 and a message (``refuse``) if the file is unreadable, is not a
+    results.json, or holds a run of another configuration or benchmark: mixing them would make
+    its summary meaningless, and overwriting them would lose them.
+    """
+    if path is None or not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        refuse(f"cannot read {path} ({err}); move it away or choose another --out")
+    problem = _structure_problem(payload)
+    if problem is not None:
+        refuse(f"{path} is not a results.json ({problem}); move it away or choose another --out")
+    want = json.loads(json.dumps(config.to_dict()))
+    for run in payload["runs"]:
+        saved = with_default_fields(run["config"])
+        if run["benchmark"] != benchmark or saved != want:
+            differ = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+            what = (f"benchmark {run['benchmark']!r}" if run["benchmark"] != benchmark
+                    else "settings " + ", ".join(differ))
+            refuse(
+                f"{path} holds runs of another configuration (seed {run['seed']}, method "
+                f"{run['method']}, {what} differ); move it away or choose another --out"
+            )
+    return payload["runs"]
+
+
+def check_seeds_not_done(path: Path | None, finished: list[dict], seeds: list[int],
+                         resume: bool) -> None:
+    """Without ``--resume``, refuse to run a seed that ``path`` already holds."""
+    done = sorted({r["seed"] for r in finished} & set(seeds))
+    if done and not resume:
+        refuse(
+            f"{path} already holds seed(s) {', '.join(map(str, done))} of this configuration; "
+            f"add --resume to keep them and run only the others, or choose another --out"
+        )
+
+
+def merge_runs(finished: list[dict], new: dict[int, dict]) -> list[dict]:
+    """The runs of a results.json after a run: the ones it held, plus the new ones (a new run
+    of the same seed replaces the old), ordered by seed."""
+    runs = {r["seed"]: r for r in finished}
+    runs.update(new)
+    return [runs[s] for s in sorted(runs)]
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{out}{'+dirty' if dirty else ''}" if out else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Where a result comes from: package and library versions, the git commit of the source
+    (``+dirty`` with uncommitted changes; None outside a checkout), the JAX backend and
+    devices, the host, the command line (the process's own, or ``main`` and ``argv`` when
+    called from Python) and the UTC date."""
+    import jax
+
+    import spacenet_jax
+
+    devices = jax.devices()
+    return {
+        "spacenet_jax": spacenet_jax.__version__,
+        "git_commit": _git_commit(Path(spacenet_jax.__file__).resolve().parent),
+        "versions": {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "chex",
+                                                "orbax-checkpoint", "numpy")},
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "host": platform.node(),
+        "command": shlex.join(sys.orig_argv if argv is None else ["main", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
