@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.interrupts import (
+    INTERRUPTED_STATUS,
+    deferred_interrupts,
+    interrupts_as_keyboard_interrupt,
+    resume_command,
+)
 from experiments.results_io import (  # noqa: F401  (re-exported: the experiments' API)
+    check_output_folder,
     check_seeds_not_done,
     merge_runs,
     provenance,
@@ -25,6 +35,7 @@ from spacenet_jax import metrics
 from spacenet_jax.checkpoint import (
     CheckpointError,
     TaskCheckpointer,
+    check_checkpoint_dir,
     restore_task,
     saved_tasks,
     seed_dir,
@@ -39,6 +50,7 @@ from spacenet_jax.config import (
 )
 from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
+from spacenet_jax.folder_lock import FolderLockError, lock_folder, releases_locks
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -351,8 +363,24 @@ def run_seeds(
         payload = {"runs": runs, "summary": summarize_runs(runs)}
         payload["summary"].update(benchmark=benchmark, method=config.method)
         if out is not None:
-            write_json_atomic(out, payload)
+            out = _write_results(out, payload, benchmark)
     return payload
+
+
+def _write_results(out: Path, payload: dict[str, Any], benchmark: str) -> Path:
+    """Write results.json (whole, even if Ctrl-C arrives meanwhile); if ``out`` cannot be
+    written, keep the results in a file of the temporary folder instead, say where, and return
+    that path (later batches are written there too)."""
+    with deferred_interrupts():
+        try:
+            write_json_atomic(out, payload)
+            return out
+        except OSError as err:
+            fallback = Path(tempfile.gettempdir()) / f"spacenet-{benchmark}-{os.getpid()}.json"
+            write_json_atomic(fallback, payload)
+            print(f"error: could not write {out} ({err}); the results are kept in {fallback}",
+                  file=sys.stderr)
+            return fallback
 
 
 #: Test-only: ``SPACENET_TEST_KILL_AFTER_TASK=N`` makes the process SIGKILL itself right after
@@ -371,14 +399,34 @@ def _task_end_callback(
     kill_after = os.environ.get(KILL_AFTER_TASK_ENV)
 
     def on_task_end(seed: int, task: int, state: Any, record: dict[str, Any]) -> None:
-        if training_log is not None:
-            training_log.task_end(seed, task, record)
-        if checkpointers:
-            step = checkpointers[seed].save(state, record)  # returns once the step is on disk
-            if kill_after and step == int(kill_after):
-                os.kill(os.getpid(), signal.SIGKILL)
+        with deferred_interrupts():  # Ctrl-C / SIGTERM wait until the step is on disk
+            if training_log is not None:
+                training_log.task_end(seed, task, record)
+            if checkpointers:
+                step = checkpointers[seed].save(state, record)  # returns once it is on disk
+                if kill_after and step == int(kill_after):
+                    os.kill(os.getpid(), signal.SIGKILL)
 
     return on_task_end
+
+
+def claim_run_folders(out_dir: Path | None, checkpoint_dir: Path | None, seeds: list[int]) -> None:
+    """Before any work: refuse a ``--checkpoint-dir`` that cannot hold checkpoints, and lock
+    ``--out`` and every seed's checkpoint folder for this run (until ``main`` returns), or
+    exit with status 2 naming the folder and, when another run holds it, that run's pid and
+    host. Runs of other seeds may share a ``--checkpoint-dir``; no two runs share an ``--out``.
+    """
+    try:
+        if checkpoint_dir is not None:
+            check_checkpoint_dir(checkpoint_dir, seeds)
+            for seed in seeds:
+                lock_folder(seed_dir(checkpoint_dir, seed), what="checkpoints",
+                            other="another --checkpoint-dir")
+        if out_dir is not None:
+            lock_folder(out_dir, what="results", other="another --out")
+    except (CheckpointError, FolderLockError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def plan_resume(
@@ -432,6 +480,31 @@ def start_distributed(
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+def _interrupted_message(signal_name: str, out: Path | None, checkpoint_dir: Path | None,
+                         seeds: list[int], argv: list[str] | None) -> str:
+    """One line after Ctrl-C or SIGTERM: what is kept, and the command that continues."""
+    kept = []
+    if out is not None and out.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            done = [r["seed"] for r in json.loads(out.read_text())["runs"]]
+            kept.append(f"results of seed(s) {', '.join(map(str, done))} in {out}")
+    if checkpoint_dir is not None:
+        for seed in seeds:
+            folder = seed_dir(checkpoint_dir, seed)
+            steps = saved_tasks(folder)
+            if steps:
+                kept.append(f"seed {seed} after task {steps[-1]} in {folder}")
+    if out is None and checkpoint_dir is None:
+        return (f"interrupted ({signal_name}): nothing was saved; run with --out (and "
+                f"--checkpoint-dir to keep every finished task) to keep progress")
+    what = "; ".join(kept) if kept else "nothing finished yet"
+    own = argv is None or list(argv) == sys.argv[1:]  # else main() was called from Python
+    command = resume_command(None if own else ["<command>", *argv])
+    lost = "" if checkpoint_dir is not None else " (without --checkpoint-dir the seed in " \
+        "progress starts again)"
+    return f"interrupted ({signal_name}); kept: {what}. Continue with: {command}{lost}"
+
+
 def is_main_process() -> bool:
     """True in a single-process run and in process 0 of a distributed one."""
     import jax
@@ -439,6 +512,7 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+@releases_locks  # the folders claim_run_folders locks are freed when main returns or raises
 def main(
     benchmark: str,
     dataset_name: str,
@@ -482,6 +556,7 @@ def main(
         plan = capacity_plan(config)
         print(format_plan(plan))
         if args.out is not None:
+            check_output_folder(args.out)
             write_json_atomic(args.out / "capacity_plan.json", plan)
             print(f"written: {args.out / 'capacity_plan.json'}")
         return {"plan": plan}
@@ -497,6 +572,11 @@ def main(
     if args.resume and args.out is None and args.checkpoint_dir is None:
         parser.error("--resume needs --out (the folder whose results.json to continue) or "
                      "--checkpoint-dir")
+    if args.out is not None:  # before any work: a file, or a folder we cannot write in
+        check_output_folder(args.out)
+    if args.tensorboard is not None:
+        check_output_folder(args.tensorboard, "--tensorboard")
+    claim_run_folders(args.out, args.checkpoint_dir, seeds)  # one run per folder, or exit 2
     out = args.out / "results.json" if args.out is not None else None
     finished = read_finished_runs(out, config, benchmark)  # kept, or refused if another config
     check_seeds_not_done(out, finished, seeds, args.resume)
@@ -527,11 +607,16 @@ def main(
         config.epochs, args.tensorboard,
     ) if is_main_process() and (args.out or args.tensorboard) else None
     try:
-        payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
-                            progress=not args.quiet, finished=finished,
-                            checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
-                            resume_from=resume_from, seed_batch=args.seed_batch,
-                            run_provenance=provenance(argv), training_log=training_log)
+        with interrupts_as_keyboard_interrupt():
+            payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
+                                progress=not args.quiet, finished=finished,
+                                checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
+                                resume_from=resume_from, seed_batch=args.seed_batch,
+                                run_provenance=provenance(argv), training_log=training_log)
+    except KeyboardInterrupt as err:
+        print(_interrupted_message(str(err) or "SIGINT", out, args.checkpoint_dir, seeds, argv),
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED_STATUS) from None
     finally:
         if training_log is not None:
             training_log.close()
@@ -542,9 +627,12 @@ def main(
     if out is not None:
         from spacenet_jax.plots import plot_final_task_accuracy
 
-        png = plot_final_task_accuracy(
-            payload["runs"], args.out / "final_task_accuracy.png",
-            title=f"{benchmark} ({config.method}): accuracy on each task after the last",
-        )
-        print(f"results written to {out} and {png}")
+        try:
+            png = plot_final_task_accuracy(
+                payload["runs"], args.out / "final_task_accuracy.png",
+                title=f"{benchmark} ({config.method}): accuracy on each task after the last",
+            )
+            print(f"results written to {out} and {png}")
+        except OSError as err:
+            print(f"error: could not write the figure in {args.out} ({err})", file=sys.stderr)
     return payload

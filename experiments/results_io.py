@@ -79,6 +79,22 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             os.close(dir_fd)
 
 
+def check_output_folder(folder: Path, flag: str = "--out") -> None:
+    """Refuse (exit 2), before any work, an output folder that is a file or cannot be created
+    or written: a long run must not end by failing to save its results."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        refuse(f"{flag} {folder} is a file, not a folder; give a folder (it is created if "
+               f"missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        refuse(f"cannot write in {flag} {folder} ({err.strerror or err}); choose a folder you "
+               f"can write to, or fix its permissions or free disk space")
+
+
 def _structure_problem(payload: Any) -> str | None:
     """What is wrong with a parsed ``results.json``, or None."""
     if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from conftest import TINY, synthetic_dataset
@@ -150,3 +151,45 @@ def test_a_resumed_run_keeps_no_epoch_twice(tmp_path):
     rows = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     keys = [(r["task"], r.get("epoch")) for r in rows]
     assert keys == [(1, 1), (1, None), (2, 1), (2, None), (3, 1), (3, None)]
+
+
+def test_an_output_folder_that_cannot_hold_results_is_refused_before_any_work(
+        tmp_path, capsys, monkeypatch):
+    trained = []
+    import spacenet_jax.runner as runner
+
+    monkeypatch.setattr(runner, "run_task_sequence", lambda *a, **k: trained.append(1))
+    (tmp_path / "a_file").write_text("x")
+    assert exit_code(run, tmp_path / "a_file", "--seed", "0") == 2
+    assert f"--out {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
+
+    import tempfile as tf
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf, "NamedTemporaryFile", no_space)
+    assert exit_code(run, tmp_path / "full", "--seed", "0") == 2
+    err = capsys.readouterr().err
+    assert "cannot write in --out" in err and "No space left on device" in err
+    assert not trained
+
+
+def test_results_kept_elsewhere_when_the_final_write_fails(tmp_path, capsys, monkeypatch):
+    import experiments.common as common
+
+    real = common.write_json_atomic
+    target = tmp_path / "out" / "results.json"
+
+    def failing(path, payload):
+        if path == target:
+            raise OSError(28, "No space left on device")
+        return real(path, payload)
+
+    monkeypatch.setattr(common, "write_json_atomic", failing)
+    run(tmp_path / "out", "--seed", "0")
+    err = capsys.readouterr().err
+    assert f"could not write {target}" in err and "the results are kept in " in err
+    kept = Path(err.split("the results are kept in ")[1].split()[0])
+    assert [r["seed"] for r in json.loads(kept.read_text())["runs"]] == [0]
+    kept.unlink()
