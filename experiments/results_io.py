@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from spacenet_jax.config import SpaceNetConfig, with_default_fields
+from spacenet_jax.config import SpaceNetConfig, describe_differences, with_default_fields
 
 #: Keys every run of a ``results.json`` must have (and their types) to be kept or resumed.
 RUN_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -129,12 +129,12 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
     for run in payload["runs"]:
         saved = with_default_fields(run["config"])
         if run["benchmark"] != benchmark or saved != want:
-            differ = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
-            what = (f"benchmark {run['benchmark']!r}" if run["benchmark"] != benchmark
-                    else "settings " + ", ".join(differ))
+            what = ([f"benchmark {run['benchmark']!r}, this run {benchmark!r}"]
+                    if run["benchmark"] != benchmark else [])
+            what += describe_differences(saved, want, "there")
             refuse(
-                f"{path} holds runs of another configuration (seed {run['seed']}, method "
-                f"{run['method']}, {what} differ); move it away or choose another --out"
+                f"{path} holds runs of another configuration (seed {run['seed']}; "
+                f"{'; '.join(what)}); move it away or choose another --out"
             )
     return payload["runs"]
 

@@ -8,7 +8,8 @@ one orbax step per finished task, numbered by the tasks learned so far (``state.
   information, so it restores on any backend (CPU, GPU, TPU);
 * ``meta``: JSON with the format version, benchmark and dataset names, the seed, the
   configuration (``config.to_dict()``), the run record so far (what ``run_task_sequence``
-  passes to ``on_task_end``), and a SHA-256 of every state leaf.
+  passes to ``on_task_end``), a SHA-256 of every state leaf (``leaf_sha256``) and a SHA-256 of
+  the rest of the meta itself (``meta_sha256``, see ``meta_checksum``).
 
 Everything else a run needs to continue bit for bit is either in the state (the PRNG key
 ``state.rng`` drives initialisation, allocation, drop/grow and the data order) or a pure function
@@ -17,24 +18,36 @@ of the seed (rehearsal's replay subsets).
 Saves are synchronous and atomic: orbax writes a step into a temporary folder and renames it
 when complete, and ``TaskCheckpointer.save`` returns only after that, so a crash at any moment
 leaves every earlier step valid; a half-written temporary folder is ignored (and removed by the
-next save). Restoring checks the configuration, the seed and every leaf's checksum, and refuses
-with a ``CheckpointError`` that says what is wrong and how to fix it.
+next save). A step is never overwritten: saving one that exists (or one before the latest) is
+refused. A failed save (disk full, no permission) raises a ``CheckpointError`` saying how to fix
+it, and ``check_checkpoint_dir`` refuses an unusable location before any work. Restoring checks
+the meta's checksum, the configuration, the seed and every leaf's checksum, and refuses with a
+``CheckpointError`` that says what is wrong and how to fix it.
+
+The folder is not locked here: the experiments' command line locks each seed's folder for the
+run (``spacenet_jax.folder_lock``), so that two runs never write into one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig, with_default_fields
+from spacenet_jax.config import SpaceNetConfig, describe_differences, with_default_fields
 from spacenet_jax.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
@@ -66,12 +79,64 @@ def _ocp():
     return ocp
 
 
+@contextlib.contextmanager
+def _quiet_orbax_errors() -> Iterator[None]:
+    """Inside: orbax's threads do not log a traceback per failed write (a full disk gave
+    hundreds of lines); the failure still reaches ``save``, which reports it once."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+#: errno values of a full disk / of a folder this process may not write.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NO_WRITE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+#: tensorstore (behind orbax) reports a failed write as
+#: ``ValueError("<STATUS>: ... [os_error_code='28'] ...")``.
+_TS_ERRNO = re.compile(r"os_error_code='?(\d+)")
+_TS_STATUS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "PERMISSION_DENIED": errno.EACCES}
+
+
+def storage_errno(err: BaseException) -> int | None:
+    """The errno of a failed write: an ``OSError``'s, or the one tensorstore's ``ValueError``
+    carries (``RESOURCE_EXHAUSTED``: ENOSPC, ``PERMISSION_DENIED``: EACCES); ``0`` for an
+    ``OSError`` without one; ``None`` when ``err`` is not a storage failure (a bug)."""
+    if isinstance(err, OSError):
+        return err.errno or 0
+    if isinstance(err, ValueError):
+        text = str(err)
+        if found := _TS_ERRNO.search(text):
+            return int(found.group(1))
+        for status, code in _TS_STATUS.items():
+            if status in text:
+                return code
+    return None
+
+
+def storage_fix(code: int, folder: Path) -> str:
+    """What to do about a write that failed with errno ``code`` in ``folder``."""
+    if code in _NO_SPACE:
+        return f"free disk space on the disk of {folder} (or use a --checkpoint-dir on another)"
+    if code in _NO_WRITE:
+        return f"make {folder} writable for this user (or use another --checkpoint-dir)"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return "a part of that path is a file, not a folder: use another --checkpoint-dir"
+    return "free disk space or fix the folder's permissions"
+
+
 def _manager(directory: Path, *, create: bool):
+    """An orbax manager of one seed's folder: a writer (``create``) or a reader."""
     ocp = _ocp()
     options = ocp.CheckpointManagerOptions(
         create=create,
         enable_async_checkpointing=False,  # save returns once the step is committed
-        cleanup_tmp_directories=True,  # a save interrupted earlier leaves a tmp folder
+        # A save interrupted earlier leaves a tmp folder: the writer removes it (in a
+        # background thread). A reader must not: it would delete a running save's folder.
+        cleanup_tmp_directories=create,
     )
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
@@ -92,6 +157,14 @@ def _from_stored_tree(tree: dict[str, Any], template: SpaceNetState) -> SpaceNet
 def _config_dict(config: SpaceNetConfig) -> dict[str, Any]:
     """``config.to_dict()`` as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(config.to_dict()))
+
+
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of ``meta`` without its own
+    ``meta_sha256``: covers the task record, configuration, seed, benchmark and leaf hashes."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _leaf_checksums(state: SpaceNetState) -> list[str]:
@@ -117,6 +190,9 @@ class TaskCheckpointer:
 
     Use it as ``run_task_sequence``'s ``on_task_end`` (it is callable with ``(task, state,
     record)``), or call ``save(state, record)``. Close it when done (or use ``with``).
+
+    Raises:
+      CheckpointError: the folder cannot be created or written (with the fix).
     """
 
     def __init__(
@@ -133,14 +209,30 @@ class TaskCheckpointer:
         self.seed = seed
         self.benchmark = benchmark
         self.dataset = dataset if dataset is not None else BENCHMARK_DATASETS.get(benchmark)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._manager = _manager(self.directory, create=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._manager = _manager(self.directory, create=True)
+        except (OSError, ValueError) as err:
+            code = storage_errno(err)
+            if code is None:
+                raise
+            raise CheckpointError(
+                f"cannot create the checkpoint folder {self.directory}: {err}; "
+                f"{storage_fix(code, self.directory)}"
+            ) from err
 
     def save(self, state: SpaceNetState, record: dict[str, Any]) -> int:
-        """Save after a task; returns the step (tasks learned) once it is committed to disk."""
+        """Save after a task; returns the step (tasks learned) once it is committed to disk.
+
+        Raises:
+          CheckpointError: the step (or a later one) is already saved there: a checkpoint is
+            never overwritten; or the write failed (disk full, no permission), naming the
+            intact earlier checkpoint and the fix.
+        """
         ocp = _ocp()
         host = jax.device_get(state)
         step = int(host.task)
+        self._refuse_existing(step)
         meta = {
             "format": FORMAT_VERSION,
             "benchmark": self.benchmark,
@@ -151,26 +243,65 @@ class TaskCheckpointer:
             "record": json.loads(json.dumps(record)),
             "leaf_sha256": _leaf_checksums(host),
         }
+        meta["meta_sha256"] = meta_checksum(meta)
         try:
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(_stored_tree(host)), meta=ocp.args.JsonSave(meta)
-                ),
-            )
-            self._manager.wait_until_finished()
-        except OSError as err:  # disk full, permissions, a vanished folder
-            previous = [s for s in saved_tasks(self.directory) if s < step]
-            kept = (
-                f"the checkpoint after task {previous[-1]} is intact"
-                if previous else "no earlier checkpoint exists"
-            )
+            with _quiet_orbax_errors():
+                saved = self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(_stored_tree(host)),
+                        meta=ocp.args.JsonSave(meta),
+                    ),
+                )
+                self._manager.wait_until_finished()
+        except (OSError, ValueError) as err:  # disk full, permissions, a vanished folder
+            self._refuse_existing(step)  # another process saved this step meanwhile
+            code = storage_errno(err)
+            if code is None:
+                raise
             raise CheckpointError(
-                f"could not save the checkpoint after task {step} in {self.directory}: {err}. "
-                f"Nothing half-written is ever restored and {kept}; free disk space or fix the "
-                f"folder's permissions, then rerun the same command with --resume"
+                f"could not save the checkpoint after task {step} in {self.directory}: "
+                f"{_first_line(err)}. Nothing half-written is ever restored and "
+                f"{self._kept(step)}; {storage_fix(code, self.directory)}, then rerun the same "
+                f"command with --resume"
             ) from err
+        if not saved:  # orbax declines without an error (e.g. a step not after the latest)
+            self._refuse_existing(step)
+            raise CheckpointError(
+                f"orbax did not save the checkpoint after task {step} in {self.directory} "
+                f"(it holds tasks {self._steps()}): nothing was written. Use "
+                f"another --checkpoint-dir, or continue from its latest checkpoint with --resume"
+            )
         return step
+
+    def _steps(self) -> list[int]:
+        """The committed steps on disk now (not orbax's cached list); ``[]`` if unreadable
+        (a write there then fails and says why)."""
+        try:
+            self._manager.reload()
+            return sorted(int(s) for s in self._manager.all_steps())
+        except (OSError, ValueError):
+            return []
+
+    def _refuse_existing(self, step: int) -> None:
+        """Refuse to save ``step`` where it, or a later step, is already saved."""
+        steps = self._steps()
+        if not steps or steps[-1] < step:
+            return
+        which = (f"the checkpoint after task {step}" if step in steps
+                 else f"a later checkpoint (after task {steps[-1]})")
+        raise CheckpointError(
+            f"{self.directory} already holds {which} (tasks {steps}); a checkpoint is never "
+            f"overwritten. To continue from the latest one rerun the same command with "
+            f"--resume; to start afresh use another --checkpoint-dir (or delete "
+            f"{self.directory})"
+        )
+
+    def _kept(self, step: int) -> str:
+        previous = [s for s in self._steps() if s < step]
+        if previous:
+            return f"the checkpoint after task {previous[-1]} is intact"
+        return "no earlier checkpoint exists"
 
     def __call__(self, task: int, state: SpaceNetState, record: dict[str, Any]) -> None:
         self.save(state, record)
@@ -200,14 +331,69 @@ def saved_tasks(directory: str | Path) -> list[int]:
         manager.close()
 
 
+def check_checkpoint_dir(checkpoint_dir: str | Path, seeds: Iterable[int] = ()) -> None:
+    """Refuse, before any work, a ``--checkpoint-dir`` that cannot hold checkpoints.
+
+    Creates ``checkpoint_dir`` if needed, then writes, syncs and removes a small probe file in
+    it and in each existing ``seed_<s>`` folder of ``seeds``: a path that is a file, a folder
+    that cannot be created or written (read-only, another owner) and a full disk are reported
+    at the start rather than after the first task.
+
+    Raises:
+      CheckpointError: naming the folder, the system's error and the fix.
+    """
+    root = Path(checkpoint_dir)
+    for folder in [root, *(seed_dir(root, s) for s in seeds)]:
+        if folder == root or folder.exists() or folder.is_symlink():
+            _probe_writable(folder)
+
+
+def _probe_writable(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is a file, not a folder: checkpoints cannot be written there; move it "
+            f"away or use another --checkpoint-dir"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parent = next((p for p in folder.parents if p.exists()), folder)
+        raise CheckpointError(
+            f"cannot create the checkpoint folder {folder}: {err}; "
+            f"{storage_fix(err.errno or 0, parent)}"
+        ) from err
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".spacenet-write-probe-")
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write checkpoints in {folder}: {err}; {storage_fix(err.errno or 0, folder)}"
+        ) from err
+
+
 def latest_task(directory: str | Path) -> int | None:
     """The latest committed step (tasks learned) in one seed's folder, or ``None``."""
     steps = saved_tasks(directory)
     return steps[-1] if steps else None
 
 
+def _first_line(err: BaseException | str) -> str:
+    """The first line of an error without tensorstore's kilobytes of spec, or its type."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0].split(" [tensorstore_spec=")[0]
+    return line if len(line) <= 400 else line[:400] + " ..."
+
+
 def _corrupt(directory: Path, step: int, err: BaseException | str) -> CheckpointError:
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    detail = _first_line(err)
     return CheckpointError(
         f"checkpoint {directory / str(step)} (after task {step}) is corrupt or truncated "
         f"({detail}); delete that folder to continue from the task before it, or use "
@@ -229,7 +415,16 @@ def _pick_step(directory: Path, task: int | None) -> int:
 
 
 def read_metadata(directory: str | Path, task: int | None = None) -> dict[str, Any]:
-    """The ``meta`` item (config, seed, benchmark, dataset, record) of a step (default: latest)."""
+    """The ``meta`` item (config, seed, benchmark, dataset, record) of a step (default: latest),
+    checked against its ``meta_sha256``.
+
+    A meta written before checksums existed (no ``meta_sha256``) is accepted with a
+    ``UserWarning`` that its record is unverified, so that older checkpoints stay readable.
+
+    Raises:
+      CheckpointError: no such step; the meta is unreadable, of an unknown format, or does not
+        match its checksum ("corrupt or truncated").
+    """
     ocp = _ocp()
     directory = Path(directory)
     step = _pick_step(directory, task)
@@ -242,6 +437,15 @@ def read_metadata(directory: str | Path, task: int | None = None) -> dict[str, A
         manager.close()
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise _corrupt(directory, step, f"unknown metadata format {meta!r:.80}")
+    if "meta_sha256" not in meta:
+        warnings.warn(
+            f"checkpoint {directory / str(step)} was written before checkpoints had a checksum "
+            f"of their metadata: its task record and configuration are not verified",
+            UserWarning, stacklevel=2,
+        )
+    elif meta["meta_sha256"] != meta_checksum(meta):
+        raise _corrupt(directory, step, "the metadata (task record, configuration, seed) does "
+                       "not match its SHA-256")
     return meta
 
 
@@ -256,11 +460,7 @@ def check_compatible(
     """Refuse metadata of another configuration, seed or benchmark, naming what differs."""
     saved = with_default_fields(meta.get("config", {}))
     wanted = _config_dict(config)
-    diffs = [
-        f"{k}: checkpoint {saved.get(k, '<absent>')!r}, this run {wanted.get(k, '<absent>')!r}"
-        for k in sorted(set(saved) | set(wanted))
-        if saved.get(k) != wanted.get(k)
-    ]
+    diffs = describe_differences(saved, wanted, "checkpoint")
     if diffs:
         raise CheckpointError(
             f"{where} was made with another configuration ({'; '.join(diffs)}); run with the "

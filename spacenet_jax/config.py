@@ -13,6 +13,7 @@ shapes and never recompiles from one task to the next.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,9 @@ METHODS: dict[str, str] = {
     "finetune": "dense network of the same shape, trained task after task (lower bound)",
     "joint": "dense network of the same shape, trained on all tasks' data at once (upper bound)",
 }
+
+#: The largest weight matrix a configuration may have: positions are int32 (2**31 - 1).
+MAX_WEIGHTS_PER_LAYER = 2**31 - 1
 
 #: ``SpaceNetConfig.output_columns``: what happens to finished tasks' output columns.
 OUTPUT_COLUMNS: dict[str, str] = {
@@ -277,6 +281,45 @@ class SpaceNetConfig:
         return dataclasses.asdict(self)
 
 
+#: The command-line flag that sets each configuration field, for messages about differences.
+FLAGS: dict[str, str] = {
+    "layer_sizes": "--hidden, or --width / --dense for a CNN",
+    "connections_per_task": "--connections, or --weights-per-task / --budget for a CNN",
+    "selected_neurons": "--selected-neurons",
+    "specific_neurons": "--specific-neurons",
+    "rewire_ratio": "--rewire-ratio",
+    "method": "--method",
+    "replay_per_task": "--replay-per-task",
+    "output_columns": "--output-columns",
+    "inference": "--inference",
+    "learning_rate": "--lr",
+    "momentum": "--momentum",
+    "batch_size": "--batch-size",
+    "epochs": "--epochs",
+}
+
+#: Fields that come from the dataset, not from a flag.
+DATASET_FIELDS = ("input_mean", "input_std", "image_shape", "task_classes")
+
+
+def describe_differences(saved: dict, wanted: dict, saved_as: str = "saved") -> list[str]:
+    """People's words for how two ``to_dict()`` configurations differ: one item per flag
+    (``"learning_rate (--lr): saved 0.05, this run 0.07"``), and one for a different dataset
+    (pixel normalisation, image shape or classes), which no flag sets."""
+    keys = sorted(set(saved) | set(wanted))
+    differ = [k for k in keys if saved.get(k) != wanted.get(k)]
+    items = []
+    if any(k in DATASET_FIELDS for k in differ):
+        items.append("the data (its image shape, pixel normalisation or task classes): it was "
+                     "made on another dataset or benchmark")
+    for k in differ:
+        if k not in DATASET_FIELDS:
+            flag = f" ({FLAGS[k]})" if k in FLAGS else ""
+            items.append(f"{k}{flag}: {saved_as} {saved.get(k, '<absent>')!r}, this run "
+                         f"{wanted.get(k, '<absent>')!r}")
+    return items
+
+
 def with_default_fields(saved: dict) -> dict:
     """A saved ``to_dict()`` (JSON) with every field it lacks set to today's default, so that
     results and checkpoints written before a field existed still match a run that leaves the
@@ -404,6 +447,16 @@ def validate(config: SpaceNetConfig) -> None:
                 f"only {free_at_last} of {n} remain after {T - 1} tasks reserve {spec} each; "
                 f"only {last + 1} tasks fit. Lower specific_neurons or selected_neurons, or "
                 f"widen the layer"
+            )
+
+    for layer in range(L):  # positions are int32 (top-k, indices): refuse what overflows
+        count = math.prod(config.weight_shape(layer))
+        if count > MAX_WEIGHTS_PER_LAYER:
+            _fail(
+                f"weight matrix {layer + 1} would hold {count:,} weights "
+                f"{config.weight_shape(layer)}, more than the {MAX_WEIGHTS_PER_LAYER:,} that "
+                f"int32 positions can address (and far more than fits in memory); choose "
+                f"smaller layer sizes"
             )
 
     # Connections: each task's count must fit between its selected neurons, with room to grow.
