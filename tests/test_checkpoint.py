@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -21,7 +22,9 @@ from experiments.common import main as experiment_main
 from spacenet_jax.checkpoint import (
     CheckpointError,
     TaskCheckpointer,
+    check_checkpoint_dir,
     latest_task,
+    meta_checksum,
     read_metadata,
     restore_task,
     saved_tasks,
@@ -210,6 +213,7 @@ def test_refuses_corrupt_checkpoint(saved_run, tmp_path, damage):
         meta_file = folder / "3" / "meta" / "metadata"
         meta = json.loads(meta_file.read_text())
         meta["leaf_sha256"][0] = "0" * 64
+        meta["meta_sha256"] = meta_checksum(meta)  # consistent: only the leaf check can tell
         meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as err:
         restore_task(folder, CONFIG, 2)
@@ -217,7 +221,7 @@ def test_refuses_corrupt_checkpoint(saved_run, tmp_path, damage):
     assert str(folder / "3") in message and "corrupt or truncated" in message
     assert "delete that folder" in message and "--checkpoint-dir" in message
     if damage == "checksum":
-        assert "SHA-256" in message
+        assert "a state leaf does not match its SHA-256" in message
     # The earlier steps are intact.
     assert int(restore_task(folder, CONFIG, 2, task=2)[0].task) == 2
 
@@ -370,3 +374,263 @@ def test_cli_failed_save_stops_clearly_and_resume_finishes(
     payload = _cli(["--seed", "2", "--checkpoint-dir", str(root), "--resume"], data)
     assert _without_seconds(payload["runs"][0]) == _without_seconds(uninterrupted[1])
     assert saved_tasks(seed_dir(root, 2)) == [1, 2, 3]
+
+
+# ---- nothing overwritten, nothing silent (issue 14) -------------------------------------------
+
+def _meta_file(root: Path, step: int) -> Path:
+    return seed_dir(root, 2) / str(step) / "meta" / "metadata"
+
+
+def test_save_refuses_a_step_that_exists_and_writes_nothing(saved_run, tmp_path):
+    root = _copy_seed(saved_run, tmp_path, steps={1, 2})
+    state1, record1 = restore_task(seed_dir(root, 2), CONFIG, 2, task=1)
+    before = {s: _meta_file(root, s).read_bytes() for s in (1, 2)}
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        with pytest.raises(CheckpointError, match=r"already holds the checkpoint after task 1 "
+                           r"\(tasks \[1, 2\]\); a checkpoint is never overwritten.*--resume.*"
+                           r"another --checkpoint-dir"):
+            ck.save(state1, record1)
+        shutil.rmtree(seed_dir(root, 2) / "1")  # a step before the latest: orbax returns False
+        with pytest.raises(CheckpointError, match=r"already holds a later checkpoint \(after "
+                           r"task 2\)"):
+            ck.save(state1, record1)
+    assert saved_tasks(seed_dir(root, 2)) == [2]
+    assert _meta_file(root, 2).read_bytes() == before[2]
+
+
+def test_save_raises_when_orbax_declines(saved_run, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    state3 = restore_task(seed_dir(saved_run[0], 2), CONFIG, 2)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", lambda self, *a, **k: False)
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck, pytest.raises(
+        CheckpointError, match=r"orbax did not save the checkpoint after task 3 .*nothing was "
+        r"written"
+    ):
+        ck.save(*state3)
+
+
+def _flip_digit(text: str, after: str) -> str:
+    """``text`` with the first digit after ``after`` changed (0 <-> 1, else minus one)."""
+    i = text.index(after) + len(after)
+    while not text[i].isdigit() or text[i - 1] == "e":
+        i += 1
+    new = {"0": "1", "1": "0"}.get(text[i], str(int(text[i]) - 1))
+    return text[:i] + new + text[i + 1:]
+
+
+@pytest.mark.parametrize("field", ['"acc_matrix": [[', '"learning_rate": ', '"seed": '])
+def test_refuses_edited_metadata(saved_run, tmp_path, field):
+    root = _copy_seed(saved_run, tmp_path)
+    meta_file = _meta_file(root, 3)
+    text = meta_file.read_text()
+    assert field in text, text[:200]
+    meta_file.write_text(_flip_digit(text, field))
+    for read in (lambda: read_metadata(seed_dir(root, 2)),
+                 lambda: restore_task(seed_dir(root, 2), CONFIG, 2)):
+        with pytest.raises(CheckpointError) as err:
+            read()
+        message = str(err.value)
+        assert f"{seed_dir(root, 2) / '3'} (after task 3) is corrupt or truncated" in message
+        assert "metadata (task record, configuration, seed) does not match its SHA-256" in message
+    assert int(restore_task(seed_dir(root, 2), CONFIG, 2, task=2)[0].task) == 2
+
+
+def test_cli_resume_refuses_an_edited_task_record(saved_run, tmp_path, data, capsys):
+    root = _copy_seed(saved_run, tmp_path, steps={1, 2})
+    meta_file = _meta_file(root, 2)
+    meta_file.write_text(_flip_digit(meta_file.read_text(), '"acc_matrix": [['))
+    with pytest.raises(SystemExit) as stopped:
+        _cli(["--seed", "2", "--checkpoint-dir", str(root), "--resume"], data)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "(after task 2) is corrupt or truncated" in err and "delete that folder" in err
+    assert saved_tasks(seed_dir(root, 2)) == [1, 2]  # nothing was done
+
+
+def test_metadata_without_checksum_is_read_with_a_warning(saved_run, tmp_path):
+    """Checkpoints written before ``meta_sha256`` existed stay readable."""
+    root = _copy_seed(saved_run, tmp_path)
+    meta_file = _meta_file(root, 3)
+    meta = json.loads(meta_file.read_text())
+    del meta["meta_sha256"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="written before checkpoints had a checksum"):
+        state, record = restore_task(seed_dir(root, 2), CONFIG, 2)
+    assert int(state.task) == 3 and record == meta["record"]
+
+
+_RESOURCE_EXHAUSTED = (
+    'RESOURCE_EXHAUSTED: Error opening "zarr" driver: Error writing "task/.zarray" in OCDBT '
+    "database: Failed to write 166 bytes to file 17: No space left on device "
+    "[os_error_code='28'] [tensorstore_spec='{...}']"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "free disk space on the disk of"),
+        (ValueError(_RESOURCE_EXHAUSTED), "free disk space on the disk of"),
+        (ValueError("PERMISSION_DENIED: Error writing local file"), "writable for this user"),
+        (OSError(errno.EROFS, "Read-only file system"), "writable for this user"),
+    ],
+    ids=["ENOSPC", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "EROFS"],
+)
+def test_failed_write_raises_checkpoint_error_with_the_fix(
+    saved_run, tmp_path, monkeypatch, error, fix
+):
+    import orbax.checkpoint as ocp
+
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    state3 = restore_task(seed_dir(saved_run[0], 2), CONFIG, 2)
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        monkeypatch.setattr(ocp.handlers.StandardCheckpointHandler, "async_save", fail)
+        with pytest.raises(CheckpointError) as err:
+            ck.save(*state3)
+    message = str(err.value)
+    assert message.startswith(f"could not save the checkpoint after task 3 in {seed_dir(root, 2)}")
+    assert "the checkpoint after task 1 is intact" in message and fix in message
+    assert message.endswith("then rerun the same command with --resume")
+    assert "tensorstore_spec" not in message  # the first line of the error, not kilobytes
+    assert saved_tasks(seed_dir(root, 2)) == [1]
+
+
+def test_a_bug_in_save_is_not_reported_as_a_full_disk(saved_run, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    root = _copy_seed(saved_run, tmp_path, steps={1})
+    state3 = restore_task(seed_dir(saved_run[0], 2), CONFIG, 2)
+
+    def bug(self, *args, **kwargs):
+        raise ValueError("tree structure mismatch")
+
+    with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
+        monkeypatch.setattr(ocp.handlers.StandardCheckpointHandler, "async_save", bug)
+        with pytest.raises(ValueError, match="tree structure mismatch"):
+            ck.save(*state3)
+
+
+def test_unusable_checkpoint_location_is_refused_up_front(tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=r"a_file is a file, not a folder.*another "
+                       r"--checkpoint-dir"):
+        check_checkpoint_dir(a_file)
+    with pytest.raises(CheckpointError, match=r"cannot create the checkpoint folder .*a_file/"
+                       r"seed_2.*is a file, not a folder: use another --checkpoint-dir"):
+        TaskCheckpointer(a_file, CONFIG, 2, benchmark=BENCH)
+    (tmp_path / "ck" / "seed_4").mkdir(parents=True)
+    (tmp_path / "ck" / "seed_5").write_text("")
+    check_checkpoint_dir(tmp_path / "ck", [3, 4])  # writable; a missing seed folder is fine
+    with pytest.raises(CheckpointError, match=r"seed_5 is a file, not a folder"):
+        check_checkpoint_dir(tmp_path / "ck", [4, 5])
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["seed_4", "seed_5"]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoints in .*ck: \[Errno 28\] "
+                       r"No space left on device; free disk space on the disk of"):
+        check_checkpoint_dir(tmp_path / "ck")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["seed_4", "seed_5"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder of mode 0o500")
+def test_read_only_checkpoint_folder_is_refused_up_front(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    try:
+        with pytest.raises(CheckpointError, match=r"cannot write checkpoints in .*ro: .*"
+                           r"Permission denied.*make .*ro writable for this user"):
+            check_checkpoint_dir(folder)
+        with pytest.raises(CheckpointError, match=r"cannot create the checkpoint folder"):
+            TaskCheckpointer(folder, CONFIG, 2, benchmark=BENCH)
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs (for a real full disk and a real read-only folder), if this user may mount
+    one (root on a Linux machine that allows it), else skip."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(mount: Path, leave: int) -> None:
+    """Fill the filesystem of ``mount`` up to ``leave`` bytes."""
+    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, bytes(64 * 1024))
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, bytes(4096))
+        os.ftruncate(fd, max(os.fstat(fd).st_size - leave, 0))
+    finally:
+        os.close(fd)
+
+
+# orbax leaves a coroutine unawaited when the read-only folder refuses its first write.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_real_full_and_read_only_disk(saved_run, small_tmpfs):
+    state1, record1 = restore_task(seed_dir(saved_run[0], 2), CONFIG, 2, task=1)
+    state2, record2 = restore_task(seed_dir(saved_run[0], 2), CONFIG, 2, task=2)
+    with TaskCheckpointer(small_tmpfs, CONFIG, 2, benchmark=BENCH) as ck:
+        ck.save(state1, record1)
+        _fill(small_tmpfs, leave=20 * 1024)  # room for a folder or two, not for a step
+        with pytest.raises(CheckpointError) as err:
+            ck.save(state2, record2)
+    message = str(err.value)
+    assert "could not save the checkpoint after task 2" in message
+    assert "the checkpoint after task 1 is intact; free disk space" in message
+    assert restore_task(seed_dir(small_tmpfs, 2), CONFIG, 2)[1] == record1
+    _fill(small_tmpfs, leave=0)
+    with pytest.raises(CheckpointError, match="No space left on device; free disk space"):
+        check_checkpoint_dir(small_tmpfs)
+
+    (small_tmpfs / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoints in .*Read-only file "
+                       r"system.*writable for this user"):
+        check_checkpoint_dir(small_tmpfs, [2])
+    with pytest.raises(CheckpointError, match=r"cannot create the checkpoint folder .*seed_3: "
+                       r".*Read-only file system"):
+        TaskCheckpointer(small_tmpfs, CONFIG, 3, benchmark=BENCH)
+    with TaskCheckpointer(small_tmpfs, CONFIG, 2, benchmark=BENCH) as ck, pytest.raises(
+        CheckpointError, match=r"could not save the checkpoint after task 2 .*Read-only file "
+        r"system.*writable for this user"
+    ):
+        ck.save(state2, record2)
+
+
+def test_cli_refuses_an_unusable_checkpoint_dir_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+
+    def load(data_dir, quiet):
+        raise AssertionError("the data was loaded")
+
+    with pytest.raises(SystemExit) as stopped:
+        experiment_main(BENCH, "synthetic", "test", CONFIG, load=load,
+                        argv=["--quiet", "--checkpoint-dir", str(a_file)])
+    assert stopped.value.code == 2
+    assert f"error: {a_file} is a file, not a folder" in capsys.readouterr().err
