@@ -43,6 +43,7 @@ from spacenet_jax.continual import (
     train_epoch_and_rewire,
 )
 from spacenet_jax.importance import neuron_importance
+from spacenet_jax.inputs import InputError
 from spacenet_jax.network import (
     forward,
     predict,
@@ -66,6 +67,7 @@ __all__ = [
     "CapacityError",
     "ConfigError",
     "DivergenceError",
+    "InputError",
     "SpaceNetConfig",
     "SpaceNetState",
     "TaskData",

@@ -26,6 +26,7 @@ import numpy as np
 
 from spacenet_jax.allocation import allocate_connections, claim_all_connections
 from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.inputs import check_images, check_labels
 from spacenet_jax.output_layer import keep_reserved_output_inputs, store_output_weights
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import rewire
@@ -320,6 +321,8 @@ def learn_task(
       The state after the task (its neurons reserved, output columns stored, ``task`` + 1).
 
     Raises:
+      InputError: images that are not uint8 ``(N, D)`` with the network's input width, or
+        labels outside the output layer (checked before any work: shapes, dtypes, min/max).
       CapacityError: the task could not get its neurons, connections or regrowth positions.
       DivergenceError: the loss became NaN or infinite.
     """
@@ -328,6 +331,8 @@ def learn_task(
         raise ConfigError(
             f"all {config.num_tasks} tasks of the config are learned; nothing left to learn"
         )
+    check_images(data.images, config, f"task {task}'s training images")
+    check_labels(data.labels, config, f"task {task}'s training labels", data.images.shape[0])
     state, report = begin_task(state, config)
     check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)

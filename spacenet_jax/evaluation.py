@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.inputs import check_images, check_labels
 from spacenet_jax.network import predict, predict_with_tasks
 from spacenet_jax.state import SpaceNetState
 
@@ -28,7 +29,11 @@ def predict_in_chunks(
     ``(S, N)``. With ``with_tasks`` (default ``predict_fn``: ``predict_with_tasks``) each
     example has a trailing axis of ``T + 1`` columns: ``(chunk, T + 1)`` or
     ``(S, chunk, T + 1)`` per chunk, ``(N, T + 1)`` or ``(S, N, T + 1)`` in all.
+
+    Raises ``InputError`` (before any work) unless ``images`` are uint8 ``(N, D)`` with ``D``
+    the network's input width.
     """
+    check_images(images, config)
     if predict_fn is None:
         predict_fn = partial(predict_with_tasks if with_tasks else predict, config=config)
     axis = -2 if with_tasks else -1  # the example axis
@@ -87,7 +92,13 @@ def evaluate_tasks(
     Returns:
       ``(per_task, overall)``: per-task accuracies and the accuracy over the learned tasks'
       examples pooled.
+
+    Raises:
+      InputError: images or labels that do not fit the network (``check_images``,
+        ``check_labels``), before any work.
     """
+    check_images(images, config)
+    check_labels(labels, config, count=images.shape[0])
     predictions = predict_in_chunks(state, config, images)
     return task_accuracies(
         predictions, np.asarray(labels), task_example_indices, int(state.task)
@@ -146,7 +157,12 @@ def evaluate_tasks_both(
       ``(class_il, task_il)``, each ``(per_task, overall)``: ``class_il`` is what
       ``evaluate_tasks`` returns; ``task_il`` judges each example of task j by the argmax over
       task j's classes only (the task identity is given at test time).
+
+    Raises:
+      InputError: as ``evaluate_tasks``.
     """
+    check_images(images, config)
+    check_labels(labels, config, count=images.shape[0])
     predictions = predict_in_chunks(state, config, images, with_tasks=True)
     return class_and_task_il_accuracies(
         predictions, np.asarray(labels), task_example_indices, int(state.task)

@@ -23,6 +23,7 @@ from spacenet_jax.config import ConfigError, SpaceNetConfig, with_default_fields
 from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.data import ImageDataset, task_indices
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
+from spacenet_jax.inputs import check_images, check_labels
 from spacenet_jax.stages import training_stages
 from spacenet_jax.state import FREE, SpaceNetState, init_state
 
@@ -48,16 +49,20 @@ def free_neuron_counts(state: SpaceNetState) -> list[int]:
 
 
 def check_dataset(config: SpaceNetConfig, dataset: ImageDataset) -> None:
-    """Refuse a dataset whose images or classes do not fit the network, before any training."""
-    width = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
-    pixels = dataset.train_images.shape[1]
-    if pixels != width:
-        shape = getattr(dataset, "image_shape", None)
-        raise ConfigError(
-            f"{dataset.name} images have {pixels} values each (shape {shape}) but the network "
-            f"takes {width} (image_shape={config.image_shape or None}, layer_sizes[0]="
-            f"{config.layer_sizes[0]}); use the experiment made for this dataset"
-        )
+    """Refuse a dataset whose images or classes do not fit the network, before any training.
+
+    Images must be uint8 ``(N, D)`` with ``D`` the network's input (``input_width``), labels
+    integers within the output layer, one per image, and every class of the tasks must have
+    training examples. Only shapes, dtypes and the labels' range and classes are looked at.
+
+    Raises:
+      ConfigError (``InputError`` for the images and labels): what is wrong and how to fix it.
+    """
+    for split, words in (("train", "training"), ("test", "test")):
+        images = getattr(dataset, f"{split}_images")
+        check_images(images, config, f"{dataset.name} {words} images")
+        check_labels(getattr(dataset, f"{split}_labels"), config,
+                     f"{dataset.name} {words} labels", count=images.shape[0])
     wanted = {c for classes in config.task_classes for c in classes}
     present = set(np.unique(dataset.train_labels).tolist())
     missing = sorted(wanted - present)
@@ -389,7 +394,7 @@ class _SeedLog:
         self, benchmark: str, seed: int, config: SpaceNetConfig, state: SpaceNetState,
         total_seconds: float, batch: list[int],
     ) -> dict[str, Any]:
-        record = _record(
+        record = make_record(
             benchmark, seed, config, self.acc_matrix, self.overall, state, self.free_neurons,
             self.task_seconds, total_seconds, self.task_il_acc_matrix,
         )
@@ -427,7 +432,7 @@ def _check_resume(
         )
 
 
-def _record(
+def make_record(
     benchmark: str,
     seed: int,
     config: SpaceNetConfig,
@@ -439,6 +444,9 @@ def _record(
     total_seconds: float,
     task_il_rows: list[list[float | None]],
 ) -> dict[str, Any]:
+    """One seed's record (an entry of ``results.json``'s ``runs``) from its accuracy rows
+    (class- and task-incremental, one row per task learned), the pooled accuracy after each
+    task, the final state, the free neurons after each task and the timings."""
     learned = int(state.task)
     final = [float(a) for a in acc_rows[-1][:learned]]
     # None only where the last row came from an older record without task-IL accuracies.
