@@ -6,8 +6,13 @@ holding the canonical gzip idx files (``--data-dir`` / ``$SPACENET_DATA_DIR``) o
 from the network. CIFAR-10 / CIFAR-100 are read directly with numpy from the publisher's binary
 batches in the data folder (tfds cannot take those as a manual download), or, without a data
 folder, downloaded by tfds. The result is checked and cached as an ``.npz`` file (with a
-``.json`` sidecar holding its sha256) under :func:`cache_dir`, so later loads are plain numpy
-reads that never import TensorFlow.
+``.json`` sidecar holding its sha256 and the name, size and sha256 of every source file) under
+:func:`cache_dir`, so later loads are plain numpy reads that never import TensorFlow.
+
+A data folder, when given, must exist and hold the dataset's files even when a cache exists, and
+a cache made from other files (or downloaded) is rebuilt from them. Without a data folder, the
+cache is used as it is; with no cache either, the network is probed first (a few seconds), so
+that an offline machine fails at once with the fix instead of retrying downloads for minutes.
 
 TensorFlow and tensorflow-datasets are imported lazily, only on the slow path.
 """
@@ -23,8 +28,12 @@ import json
 import operator
 import os
 import pathlib
+import shutil
+import socket
 import sys
 import tempfile
+import threading
+import urllib.parse
 import zlib
 from collections.abc import Sequence
 
@@ -38,8 +47,11 @@ __all__ = [
     "ImageDataset",
     "cache_dir",
     "load_dataset",
+    "network_problem",
     "read_cifar_binary",
+    "require_network",
     "resolve_data_dir",
+    "source_fingerprint",
     "task_indices",
 ]
 
@@ -179,7 +191,9 @@ def load_dataset(
     labels.
 
     A verified npz cache under ``cache_dir()/arrays`` (one per dataset name) is used when
-    present (no TensorFlow import). Otherwise:
+    present (no TensorFlow import) and, if a data folder is given, made from exactly its files
+    (same names, sizes and sha256, recorded in the cache's sidecar); otherwise the cache is
+    rebuilt from the data folder. Without a cache:
 
     - ``"mnist"`` / ``"fashion_mnist"``: prepared with tensorflow-datasets from the canonical
       gzip idx files in ``resolve_data_dir(data_dir)`` (``<data_dir>/<name>/`` or ``<data_dir>``
@@ -196,36 +210,88 @@ def load_dataset(
       ``<data_dir>/cifar100/`` or ``<data_dir>`` itself. The labels are the **fine** labels,
       0-99.
 
-    When no data folder is given (no ``data_dir``, no $SPACENET_DATA_DIR) every dataset is
-    downloaded by tfds (needs the network). The result is then verified and cached.
+    When no data folder is given (no ``data_dir``, no $SPACENET_DATA_DIR) any valid cache is
+    used; without one, every dataset is downloaded by tfds, after a quick check that the
+    network is reachable (:func:`require_network`). The result is then verified and cached.
 
     Args:
         name: one of :data:`SUPPORTED`.
-        data_dir: folder holding the dataset files; see :func:`resolve_data_dir`.
-            Ignored when a valid cache exists.
+        data_dir: folder holding the dataset files; see :func:`resolve_data_dir`. When given it
+            must exist and hold the files, cache or not.
         verbose: print short progress lines to stderr.
 
     Raises:
-        DatasetError: unknown name, missing/corrupt/truncated files, files of another dataset,
-            labels out of range, a bad cache, or TensorFlow / tensorflow-datasets missing or
-            failing.
+        DatasetError: unknown name, a data folder that does not exist, missing/corrupt/truncated
+            files, files of another dataset, labels out of range, a bad cache, no data folder
+            and no network, or TensorFlow / tensorflow-datasets missing or failing.
     """
     if name not in SUPPORTED:
         raise DatasetError(
             f"unknown dataset {name!r}: supported datasets are {', '.join(SUPPORTED)}"
         )
 
-    cached = _load_cache(name)
+    folder = resolve_data_dir(data_dir)
+    files = [] if folder is None else _source_files(name, folder)
+    sources = source_fingerprint(files) if files else None
+    cached = _load_cache(name, sources, files[0].parent if files else None)
     if cached is not None:
         return cached
 
-    folder = resolve_data_dir(data_dir)
     if name in CIFAR_DATASETS and folder is not None:
         dataset = _load_cifar_binary(name, folder, verbose=verbose)
     else:
-        dataset = _load_with_tfds(name, folder, verbose=verbose)
-    _write_cache(dataset, verbose=verbose)
+        dataset = _load_with_tfds(name, folder, sources, verbose=verbose)
+    _write_cache(dataset, sources, verbose=verbose)
     return dataset
+
+
+def _source_files(name: str, folder: pathlib.Path) -> list[pathlib.Path]:
+    """The files of ``name`` that a load from ``folder`` reads; DatasetError (saying which
+    folder or file is missing and how to fix it) when the folder or a file is absent."""
+    if name in _CIFAR:
+        found = _find_cifar_dir(name, folder)
+        return [found / f for split in SPLIT_SIZES for f in _CIFAR[name].files[split]]
+    found = _find_manual_dir(name, folder)
+    return [found / f for f in CANONICAL_FILES]
+
+
+def source_fingerprint(files: Sequence[str | os.PathLike]) -> list[dict[str, object]]:
+    """``[{"name", "size", "sha256"}]`` of each file, in order: what a cache was made from.
+
+    Raises:
+        DatasetError: a file cannot be read.
+    """
+    out: list[dict[str, object]] = []
+    for f in map(pathlib.Path, files):
+        try:
+            out.append({"name": f.name, "size": f.stat().st_size, "sha256": _sha256_file(f)})
+        except OSError as err:
+            raise DatasetError(
+                f"cannot read {f} ({_one_line(err)}); check its permissions, or re-copy it"
+            ) from err
+    return out
+
+
+def _sources_differ(recorded: object, sources: list[dict[str, object]]) -> str | None:
+    """Why a cache whose sidecar recorded ``recorded`` was not made from ``sources``, or None
+    when it was."""
+    if recorded is None:
+        return "it was downloaded by tensorflow-datasets or made before sources were recorded"
+    if not isinstance(recorded, list):
+        return "its record of the source files is unreadable"
+    if recorded == sources:
+        return None
+    old = {r.get("name"): r for r in recorded if isinstance(r, dict)}
+    for new in sources:
+        before = old.get(new["name"])
+        if before is None:
+            return f"it was not made from a file named {new['name']}"
+        if before != new:
+            return (
+                f"{new['name']} differs (size {before.get('size')} -> {new['size']}, sha256 "
+                f"{str(before.get('sha256'))[:12]}... -> {str(new['sha256'])[:12]}...)"
+            )
+    return "it was made from another set of files"
 
 
 def read_cifar_binary(
@@ -339,8 +405,14 @@ def _info(msg: str, verbose: bool) -> None:
         print(f"spacenet_jax.data: {msg}", file=sys.stderr, flush=True)
 
 
-def _load_cache(name: str) -> ImageDataset | None:
-    """The cached dataset, or None (after a warning when the cache is bad) to rebuild it."""
+def _load_cache(
+    name: str,
+    sources: list[dict[str, object]] | None = None,
+    folder: pathlib.Path | None = None,
+) -> ImageDataset | None:
+    """The cached dataset, or None (after a warning when the cache is bad, or was not made from
+    ``sources``, the fingerprint of the data folder ``folder``) to rebuild it. With ``sources``
+    None (no data folder given) any valid cache is used."""
     npz_path, json_path = _cache_paths(name)
     if not npz_path.exists():
         return None
@@ -357,6 +429,14 @@ def _load_cache(name: str) -> ImageDataset | None:
     if meta_name != name:
         _warn(f"cache sidecar {json_path} is for {meta_name!r}, not {name!r}; rebuilding the cache")
         return None
+    if sources is not None:
+        why = _sources_differ(meta.get("sources"), sources)
+        if why is not None:
+            _warn(
+                f"cache {npz_path} was not made from the files in {folder} ({why}); "
+                "rebuilding it from them"
+            )
+            return None
     try:
         raw = npz_path.read_bytes()
     except OSError as err:
@@ -382,8 +462,11 @@ def _load_cache(name: str) -> ImageDataset | None:
     return dataset
 
 
-def _write_cache(dataset: ImageDataset, *, verbose: bool) -> None:
-    """Write the npz and its json sidecar atomically; warn (and go on) when that fails."""
+def _write_cache(
+    dataset: ImageDataset, sources: list[dict[str, object]] | None, *, verbose: bool
+) -> None:
+    """Write the npz and its json sidecar (with ``sources``, the fingerprint of the files it
+    was made from; None for a download) atomically; warn (and go on) when that fails."""
     npz_path, json_path = _cache_paths(dataset.name)
     try:
         npz_path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,6 +482,7 @@ def _write_cache(dataset: ImageDataset, *, verbose: bool) -> None:
             "test_size": int(dataset.test_labels.shape[0]),
             "num_classes": dataset.num_classes,
             "image_shape": list(dataset.image_shape),
+            "sources": sources,
         }
         text = json.dumps(meta, indent=2) + "\n"
         _atomic_write(json_path, lambda f: f.write(text.encode()))
@@ -715,13 +799,114 @@ def _tfds_fix(name: str, err: BaseException, manual: pathlib.Path | None) -> str
     )
 
 
-def _load_with_tfds(name: str, data_dir: pathlib.Path | None, *, verbose: bool) -> ImageDataset:
+#: Where tensorflow-datasets downloads from: it looks for the prepared dataset on Google Cloud
+#: Storage first (the canonical MNIST files are served from there too).
+TFDS_DOWNLOAD_ADDRESS: tuple[str, int] = ("storage.googleapis.com", 443)
+#: Seconds the network probe waits for a connection (DNS included) before it gives up.
+NETWORK_PROBE_TIMEOUT = 3.0
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+_SOURCES_STAMP = "spacenet_sources.json"
+
+
+def _probe_address(address: tuple[str, int]) -> tuple[str, int]:
+    """The address a download to ``address`` connects to first: the HTTPS proxy if one is set
+    ($https_proxy, $all_proxy), else ``address`` itself."""
+    for var in _PROXY_VARIABLES:
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        parsed = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
+        if parsed.hostname:
+            default = 443 if parsed.scheme == "https" else 1080 if "socks" in parsed.scheme else 80
+            try:
+                return parsed.hostname, parsed.port or default
+            except ValueError:  # a port that is not a number: let the connection say so
+                return parsed.hostname, default
+    return address
+
+
+def network_problem(
+    address: tuple[str, int] = TFDS_DOWNLOAD_ADDRESS, timeout: float = NETWORK_PROBE_TIMEOUT
+) -> str | None:
+    """None if a TCP connection to ``address`` (or to the HTTPS proxy that downloads would go
+    through) opens within ``timeout`` seconds, name resolution included; else what went wrong,
+    in a few words. Never takes much longer than ``timeout``."""
+    host, port = _probe_address(address)
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except (OSError, ValueError) as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=connect, name="spacenet-network-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    via = "" if (host, port) == tuple(address) else " (the proxy from the environment)"
+    if not outcome:
+        return f"no connection to {host}:{port}{via} within {timeout:g} s"
+    if outcome[0] is not None:
+        return f"cannot connect to {host}:{port}{via}: {_one_line(outcome[0])}"
+    return None
+
+
+def require_network(name: str, hint: str, timeout: float = NETWORK_PROBE_TIMEOUT) -> None:
+    """Raise DatasetError at once, with ``hint`` (how to give local files instead), when a
+    download of ``name`` cannot work because the network is unreachable."""
+    problem = network_problem(timeout=timeout)
+    if problem is None:
+        return
+    raise DatasetError(
+        f"cannot load {name}: no data folder was given (no --data-dir, $SPACENET_DATA_DIR is "
+        f"not set) and no cache of it exists in {cache_dir()}, so it would be downloaded, but "
+        f"the network is unreachable ({problem}). Fix: {hint}"
+    )
+
+
+def _tfds_prepared(tfds_root: pathlib.Path, name: str) -> bool:
+    """Whether tfds has a prepared ``name`` in ``tfds_root`` (``<name>/<version>/``)."""
+    return any((tfds_root / name).glob("*/dataset_info.json"))
+
+
+def _tfds_sources(tfds_root: pathlib.Path) -> object:
+    """The fingerprint of the files a tfds folder was prepared from (None: downloaded),
+    or ``"unknown"`` when no readable stamp says."""
+    try:
+        return json.loads((tfds_root / _SOURCES_STAMP).read_text())["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+def _load_with_tfds(
+    name: str,
+    data_dir: pathlib.Path | None,
+    sources: list[dict[str, object]] | None = None,
+    *,
+    verbose: bool,
+) -> ImageDataset:
+    """Prepare ``name`` with tfds in ``cache_dir()/tfds/<name>`` (from the files in ``data_dir``,
+    fingerprinted as ``sources``, else from the network) and read it.
+
+    A folder prepared from other files (or downloaded, or of unknown origin) is deleted first
+    when ``data_dir`` is given, so that tfds re-reads and checksums the files given now."""
     manual = None
     if data_dir is not None:
         manual = _find_manual_dir(name, data_dir)
         _check_manual_files(name, manual)
 
     tfds_root = cache_dir() / "tfds" / name
+    if manual is not None and sources is None:
+        sources = source_fingerprint([manual / f for f in CANONICAL_FILES])
+    if manual is not None and tfds_root.exists() and _tfds_sources(tfds_root) != sources:
+        _warn(
+            f"{tfds_root} was not prepared from the files in {manual}; deleting it to prepare "
+            "them again"
+        )
+        shutil.rmtree(tfds_root, ignore_errors=True)
+    if manual is None and not _tfds_prepared(tfds_root, name):
+        require_network(name, _data_dir_hint(name))
     origin = str(manual) if manual is not None else "the network"
     _info(f"preparing {name} with tensorflow-datasets from {origin} (first use only)...", verbose)
     try:
@@ -764,4 +949,9 @@ def _load_with_tfds(name: str, data_dir: pathlib.Path | None, *, verbose: bool) 
             "files, and load again"
         ),
     )
+    if manual is not None or not (tfds_root / _SOURCES_STAMP).exists():
+        # What the prepared folder was made from (None: downloaded), for the next load.
+        stamp = json.dumps({"sources": sources}, indent=2) + "\n"
+        with contextlib.suppress(OSError):
+            _atomic_write(tfds_root / _SOURCES_STAMP, lambda f: f.write(stamp.encode()))
     return dataset

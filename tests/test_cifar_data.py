@@ -134,10 +134,16 @@ def test_cifar10_cache_round_trip(tmp_path, capsys):
     assert meta["image_shape"] == [32, 32, 3]
     assert (meta["train_size"], meta["test_size"]) == (10, 2)
 
-    # The second load reads the cache: the data folder is no longer needed.
-    (root / "cifar-10-batches-bin" / "test_batch.bin").unlink()
+    assert [s["name"] for s in meta["sources"]] == CIFAR10_FILES
+    # The second load from the same files reads the cache.
     again = load_dataset("cifar10", root, verbose=True)
     assert capsys.readouterr().err == ""
+    # Without a data folder the cache is all that is needed; a data folder given must be whole.
+    (root / "cifar-10-batches-bin" / "test_batch.bin").unlink()
+    assert load_dataset("cifar10", verbose=True).test_labels.tolist() == [0, 1]
+    assert capsys.readouterr().err == ""
+    with pytest.raises(DatasetError, match=r"missing batch file.*test_batch\.bin"):
+        load_dataset("cifar10", root, verbose=True)
     for key in ("train_images", "train_labels", "test_images", "test_labels"):
         a, b = getattr(first, key), getattr(again, key)
         assert a.dtype == b.dtype
@@ -188,7 +194,7 @@ def test_cifar100_fine_labels_and_hwc_order(tmp_path, where, capsys):
     assert ds.test_images.reshape(-1, 32, 32, 3)[1, 31, 31].tolist() == [255, 0, 128]
     assert "warning" not in capsys.readouterr().err
 
-    again = load_dataset("cifar100", tmp_path / "elsewhere", verbose=False)  # from the cache
+    again = load_dataset("cifar100", verbose=False)  # from the cache
     np.testing.assert_array_equal(again.train_images, ds.train_images)
     assert again.train_labels.tolist() == [17, 99, 0] and again.num_classes == 100
 
@@ -332,5 +338,5 @@ def test_real_cifar10(tmp_path):
     # Natural images are bluish-poor: over the training set the red mean beats the blue one.
     hwc = ds.train_images.reshape(-1, 32, 32, 3)
     assert hwc[..., 0].mean() > hwc[..., 2].mean() + 5
-    again = load_dataset("cifar10", tmp_path / "nowhere", verbose=False)  # from the cache
+    again = load_dataset("cifar10", verbose=False)  # from the cache
     np.testing.assert_array_equal(again.test_images, ds.test_images)

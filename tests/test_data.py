@@ -124,7 +124,8 @@ def test_mnist_second_load_uses_cache_without_tensorflow(mnist_load):
         """
         import sys
         from spacenet_jax.data import load_dataset
-        ds = load_dataset("mnist", "/nonexistent/data/dir")
+        ds = load_dataset("mnist", sys.argv[1])  # the files the cache was made from
+        ds = load_dataset("mnist")  # no data folder: the cache as it is
         assert "tensorflow" not in sys.modules, "the cached load imported tensorflow"
         assert "tensorflow_datasets" not in sys.modules
         print(int(ds.train_images.sum(dtype="int64")), int(ds.test_labels.sum()))
@@ -133,7 +134,8 @@ def test_mnist_second_load_uses_cache_without_tensorflow(mnist_load):
     env = {**os.environ, "SPACENET_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("SPACENET_DATA_DIR", None)
     out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, str(SHARED)], env=env, capture_output=True, text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
@@ -315,6 +317,37 @@ def test_unwritable_cache_warns_and_continues(mnist_load, tmp_path, capsys):
 
     assert "could not write the cache" in capsys.readouterr().err
     np.testing.assert_array_equal(again.test_images, ds.test_images)
+
+
+@needs_shared
+def test_cache_and_tfds_folder_made_from_other_files_are_not_used(
+    mnist_load, tmp_path, monkeypatch, capsys
+):
+    """Both the arrays and tfds's prepared folder remember their source files: a data folder
+    whose files differ (here a truncated copy) is read again, and tfds's checksum refuses it."""
+    _no_network(monkeypatch)
+    _, src = mnist_load
+    cache = tmp_path / "cache"
+    _copy_prepared(src, cache, "mnist")
+    shutil.copytree(src / "arrays", cache / "arrays")
+    recorded = json.loads((cache / "arrays" / "mnist.json").read_text())["sources"]
+    assert [s["name"] for s in recorded] == list(FILES)
+    assert recorded[0]["sha256"] == hashlib.sha256(
+        (SHARED / "mnist" / FILES[0]).read_bytes()).hexdigest()
+    stamp = json.loads((cache / "tfds" / "mnist" / "spacenet_sources.json").read_text())
+    assert stamp["sources"] == recorded
+
+    folder = _link_folder(
+        tmp_path / "data" / "mnist", SHARED / "mnist", [f for f in FILES if f != FILES[0]]
+    )
+    whole = (SHARED / "mnist" / FILES[0]).read_bytes()
+    (folder / FILES[0]).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", tmp_path / "data", verbose=False)
+    assert "checksum" in str(info.value).lower() and str(folder) in str(info.value)
+    err = capsys.readouterr().err
+    assert f"was not made from the files in {folder}" in err
+    assert f"{FILES[0]} differs" in err and "deleting it to prepare them again" in err
 
 
 # ---------------------------------------------------------------------------------------------
