@@ -94,7 +94,7 @@ def _quiet_orbax_errors() -> Iterator[None]:
 
 #: errno values of a full disk / of a folder this process may not write.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_NO_WRITE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_NO_WRITE = frozenset({errno.EACCES, errno.EPERM})
 #: tensorstore (behind orbax) reports a failed write as
 #: ``ValueError("<STATUS>: ... [os_error_code='28'] ...")``.
 _TS_ERRNO = re.compile(r"os_error_code='?(\d+)")
@@ -118,11 +118,16 @@ def storage_errno(err: BaseException) -> int | None:
 
 
 def storage_fix(code: int, folder: Path) -> str:
-    """What to do about a write that failed with errno ``code`` in ``folder``."""
+    """What to do about a write that failed with errno ``code`` in ``folder`` (the nearest
+    folder that exists)."""
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if code in _NO_SPACE:
-        return f"free disk space on the disk of {folder} (or use a --checkpoint-dir on another)"
+        return (f"free disk space on the disk of {folder} (or use a --checkpoint-dir on another "
+                f"disk)")
     if code in _NO_WRITE:
         return f"make {folder} writable for this user (or use another --checkpoint-dir)"
+    if code == errno.EROFS:
+        return f"{folder} is on a read-only filesystem: use a --checkpoint-dir on a writable one"
     if code in (errno.ENOTDIR, errno.EEXIST):
         return "a part of that path is a file, not a folder: use another --checkpoint-dir"
     return "free disk space or fix the folder's permissions"
@@ -263,7 +268,8 @@ class TaskCheckpointer:
                 f"could not save the checkpoint after task {step} in {self.directory}: "
                 f"{_first_line(err)}. Nothing half-written is ever restored and "
                 f"{self._kept(step)}; {storage_fix(code, self.directory)}, then rerun the same "
-                f"command with --resume"
+                f"command with --resume (to another --checkpoint-dir, copy {self.directory} "
+                f"there first)"
             ) from err
         if not saved:  # orbax declines without an error (e.g. a step not after the latest)
             self._refuse_existing(step)
@@ -289,10 +295,10 @@ class TaskCheckpointer:
         if not steps or steps[-1] < step:
             return
         which = (f"the checkpoint after task {step}" if step in steps
-                 else f"a later checkpoint (after task {steps[-1]})")
+                 else f"a checkpoint after a later task than {step}")
         raise CheckpointError(
-            f"{self.directory} already holds {which} (tasks {steps}); a checkpoint is never "
-            f"overwritten. To continue from the latest one rerun the same command with "
+            f"{self.directory} already holds {which} (it has tasks {steps}); a checkpoint is "
+            f"never overwritten. To continue from the latest one rerun the same command with "
             f"--resume; to start afresh use another --checkpoint-dir (or delete "
             f"{self.directory})"
         )
@@ -357,10 +363,9 @@ def _probe_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        parent = next((p for p in folder.parents if p.exists()), folder)
         raise CheckpointError(
             f"cannot create the checkpoint folder {folder}: {err}; "
-            f"{storage_fix(err.errno or 0, parent)}"
+            f"{storage_fix(err.errno or 0, folder)}"
         ) from err
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".spacenet-write-probe-")

@@ -388,12 +388,12 @@ def test_save_refuses_a_step_that_exists_and_writes_nothing(saved_run, tmp_path)
     before = {s: _meta_file(root, s).read_bytes() for s in (1, 2)}
     with TaskCheckpointer(root, CONFIG, 2, benchmark=BENCH) as ck:
         with pytest.raises(CheckpointError, match=r"already holds the checkpoint after task 1 "
-                           r"\(tasks \[1, 2\]\); a checkpoint is never overwritten.*--resume.*"
-                           r"another --checkpoint-dir"):
+                           r"\(it has tasks \[1, 2\]\); a checkpoint is never overwritten.*"
+                           r"--resume.*another --checkpoint-dir"):
             ck.save(state1, record1)
         shutil.rmtree(seed_dir(root, 2) / "1")  # a step before the latest: orbax returns False
-        with pytest.raises(CheckpointError, match=r"already holds a later checkpoint \(after "
-                           r"task 2\)"):
+        with pytest.raises(CheckpointError, match=r"already holds a checkpoint after a later "
+                           r"task than 1 \(it has tasks \[2\]\)"):
             ck.save(state1, record1)
     assert saved_tasks(seed_dir(root, 2)) == [2]
     assert _meta_file(root, 2).read_bytes() == before[2]
@@ -475,9 +475,11 @@ _RESOURCE_EXHAUSTED = (
         (OSError(errno.ENOSPC, "No space left on device"), "free disk space on the disk of"),
         (ValueError(_RESOURCE_EXHAUSTED), "free disk space on the disk of"),
         (ValueError("PERMISSION_DENIED: Error writing local file"), "writable for this user"),
-        (OSError(errno.EROFS, "Read-only file system"), "writable for this user"),
+        (OSError(errno.EACCES, "Permission denied"), "writable for this user"),
+        (OSError(errno.EROFS, "Read-only file system"), "is on a read-only filesystem: use a "
+         "--checkpoint-dir on a writable one"),
     ],
-    ids=["ENOSPC", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "EROFS"],
+    ids=["ENOSPC", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "EACCES", "EROFS"],
 )
 def test_failed_write_raises_checkpoint_error_with_the_fix(
     saved_run, tmp_path, monkeypatch, error, fix
@@ -497,7 +499,8 @@ def test_failed_write_raises_checkpoint_error_with_the_fix(
     message = str(err.value)
     assert message.startswith(f"could not save the checkpoint after task 3 in {seed_dir(root, 2)}")
     assert "the checkpoint after task 1 is intact" in message and fix in message
-    assert message.endswith("then rerun the same command with --resume")
+    assert message.endswith(f"then rerun the same command with --resume (to another "
+                            f"--checkpoint-dir, copy {seed_dir(root, 2)} there first)")
     assert "tensorstore_spec" not in message  # the first line of the error, not kilobytes
     assert saved_tasks(seed_dir(root, 2)) == [1]
 
@@ -610,14 +613,14 @@ def test_real_full_and_read_only_disk(saved_run, small_tmpfs):
     (small_tmpfs / "filler").unlink()
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     with pytest.raises(CheckpointError, match=r"cannot write checkpoints in .*Read-only file "
-                       r"system.*writable for this user"):
+                       r"system.*is on a read-only filesystem"):
         check_checkpoint_dir(small_tmpfs, [2])
     with pytest.raises(CheckpointError, match=r"cannot create the checkpoint folder .*seed_3: "
-                       r".*Read-only file system"):
+                       r".*Read-only file system.*; .*tmpfs is on a read-only filesystem"):
         TaskCheckpointer(small_tmpfs, CONFIG, 3, benchmark=BENCH)
     with TaskCheckpointer(small_tmpfs, CONFIG, 2, benchmark=BENCH) as ck, pytest.raises(
         CheckpointError, match=r"could not save the checkpoint after task 2 .*Read-only file "
-        r"system.*writable for this user"
+        r"system.*is on a read-only filesystem"
     ):
         ck.save(state2, record2)
 
