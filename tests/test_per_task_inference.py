@@ -124,3 +124,20 @@ def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
     from spacenet_jax.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="inference"):
         restore_task(seed_dir(tmp_path, 0), TINY, 0, benchmark="synthetic")
+
+
+def test_reevaluating_checkpoints_gives_the_per_task_run(tmp_path):
+    """``experiments.reevaluate``: a shared run's task checkpoints, evaluated per task, give the
+    record a per-task run writes (training is the same)."""
+    from experiments.reevaluate import reevaluate_seed
+
+    data = _data(TINY)
+    with TaskCheckpointer(tmp_path, TINY, 0, benchmark="synthetic") as ck:
+        run_task_sequence(TINY, data, 0, progress=False, on_task_end=ck, benchmark="synthetic")
+    record = reevaluate_seed(seed_dir(tmp_path, 0), "per_task", data)
+    _, direct, _ = _run_keeping_states(dataclasses.replace(TINY, inference="per_task"), data)
+    drop = ("seconds", "reevaluated_from", "benchmark", "batch")
+    assert {k: v for k, v in record.items() if k not in drop} == {
+        k: v for k, v in direct.items() if k not in drop}
+    back = reevaluate_seed(seed_dir(tmp_path, 0), "shared", data)
+    assert back["acc_matrix"] == run_task_sequence(TINY, data, 0, progress=False)[1]["acc_matrix"]

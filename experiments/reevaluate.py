@@ -1,0 +1,130 @@
+"""Evaluate a finished run's task checkpoints under another inference rule, without training.
+
+    python -m experiments.reevaluate CHECKPOINT_DIR --inference per_task [--data-dir D] --out OUT
+
+``config.inference`` changes how a network is evaluated, never how it is trained, so the
+checkpoints saved after every task (``--checkpoint-dir``) hold everything needed: for each seed
+folder ``CHECKPOINT_DIR/seed_<s>``, the state after task t is evaluated on the test set as a run
+with ``--inference`` would have evaluated it, the biases each task ended with coming from its
+own checkpoint. ``OUT/results.json`` then holds exactly the records that run would have written
+(training time copied from the checkpoints; ``reevaluated_from`` says where they come from),
+and ``OUT/final_task_accuracy.png`` its figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiments.common import print_table, summarize_runs, version_line
+from experiments.results_io import check_output_folder, provenance, refuse, write_json_atomic
+from spacenet_jax.checkpoint import (
+    CheckpointError,
+    config_from_dict,
+    read_metadata,
+    restore_task,
+    saved_tasks,
+)
+from spacenet_jax.config import INFERENCE, ConfigError, SpaceNetConfig
+from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
+from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
+from spacenet_jax.runner import free_neuron_counts, make_record
+from spacenet_jax.state import SpaceNetState
+
+
+def with_task_biases(
+    state: SpaceNetState, config: SpaceNetConfig, ended: list[SpaceNetState]
+) -> SpaceNetState:
+    """``state`` (of a run without ``task_biases``) as a ``config`` run would hold it: row t of
+    every ``task_biases`` array is the biases of ``ended[t]``, the state after task t."""
+    if config.inference != "per_task":
+        return state.replace(task_biases=())
+    rows = []
+    for layer, b in enumerate(state.biases):
+        kept = np.zeros((config.num_tasks, b.shape[0]), np.float32)
+        for t, after in enumerate(ended):
+            kept[t] = np.asarray(after.biases[layer])
+        rows.append(jax.numpy.asarray(kept))
+    return state.replace(task_biases=tuple(rows))
+
+
+def reevaluate_seed(
+    folder: Path, inference: str, dataset: ImageDataset
+) -> dict[str, Any]:
+    """The record of one seed's run had it been evaluated with ``inference``."""
+    meta = read_metadata(folder)
+    saved_config = config_from_dict(meta["config"])
+    config = dataclasses.replace(saved_config, inference=inference)
+    seed, steps = meta["seed"], saved_tasks(folder)
+    if steps != list(range(1, steps[-1] + 1)):
+        raise CheckpointError(f"{folder} lacks some task checkpoints (it has {steps}); "
+                              f"every task's checkpoint is needed")
+    test_index = task_indices(dataset.test_labels, config.task_classes)
+    labels = np.asarray(dataset.test_labels)
+    ended: list[SpaceNetState] = []
+    rows, task_il_rows, pooled, free = [], [], [], []
+    for step in steps:
+        state, record = restore_task(folder, saved_config, seed, step)
+        ended.append(state)
+        state = with_task_biases(state, config, ended)
+        predictions = predict_in_chunks(state, config, dataset.test_images, with_tasks=True)
+        (row, overall), (task_il_row, _) = class_and_task_il_accuracies(
+            predictions, labels, test_index, int(state.task)
+        )
+        rows.append(row)
+        task_il_rows.append(task_il_row)
+        pooled.append(overall)
+        free.append(free_neuron_counts(state))
+    seconds = record["seconds"]
+    new = make_record(meta["benchmark"], seed, config, rows, pooled, state, free,
+                      seconds["per_task"], seconds["total"], task_il_rows)
+    new["reevaluated_from"] = str(folder)
+    return new
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint_dir", type=Path, help="the run's --checkpoint-dir")
+    p.add_argument("--inference", choices=list(INFERENCE), required=True,
+                   help="; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, required=True, help="write OUT/results.json and a PNG")
+    p.add_argument("--version", action="version", version=version_line())
+    args = p.parse_args(argv)
+    folders = sorted((d for d in args.checkpoint_dir.glob("seed_*") if saved_tasks(d)),
+                     key=lambda d: int(d.name.split("_")[1]))
+    if not folders:
+        refuse(f"no seed_<s> folder with task checkpoints in {args.checkpoint_dir}")
+    check_output_folder(args.out)
+    try:
+        dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,
+                               verbose=False)
+        runs = [reevaluate_seed(f, args.inference, dataset) for f in folders]
+    except (CheckpointError, ConfigError, DatasetError) as err:
+        refuse(str(err))
+    prov = provenance(argv)
+    for run in runs:
+        run["provenance"] = prov
+    payload = {"runs": runs, "summary": summarize_runs(runs)}
+    payload["summary"].update(benchmark=runs[0]["benchmark"], method=runs[0]["method"])
+    write_json_atomic(args.out / "results.json", payload)
+    print_table(runs, payload["summary"])
+    from spacenet_jax.plots import plot_final_task_accuracy
+
+    png = plot_final_task_accuracy(
+        runs, args.out / "final_task_accuracy.png",
+        title=f"{runs[0]['benchmark']} ({runs[0]['method']}, {args.inference} inference): "
+        f"accuracy on each task after the last",
+    )
+    print(f"results written to {args.out / 'results.json'} and {png}")
+    return json.loads(json.dumps(payload))
+
+
+if __name__ == "__main__":
+    main()
