@@ -15,7 +15,7 @@ import numpy as np
 
 from spacenet_jax.config import ConfigError, SpaceNetConfig
 
-__all__ = ["InputError", "check_images", "check_labels", "input_width"]
+__all__ = ["InputError", "check_images", "check_labels", "input_width", "uint8_conversion_hint"]
 
 
 class InputError(ConfigError):
@@ -34,7 +34,7 @@ def _describe_input(config: SpaceNetConfig) -> str:
     return f"layer_sizes[0]={config.layer_sizes[0]}"
 
 
-def _dtype_fix(dtype: np.dtype) -> str:
+def uint8_conversion_hint(dtype: np.dtype) -> str:
     """How to turn images of ``dtype`` into uint8 pixels 0-255."""
     if np.issubdtype(dtype, np.floating):
         return (
@@ -76,7 +76,7 @@ def check_images(images: Any, config: SpaceNetConfig, what: str = "images") -> N
         raise InputError(
             f"{what} are {dtype} of shape {shape}, but the network takes uint8 pixels 0-255 "
             f"(it divides by 255 and normalises with input_mean / input_std itself); "
-            f"{_dtype_fix(dtype)}"
+            f"{uint8_conversion_hint(dtype)}"
         )
     if len(shape) != 2:
         hint = (
