@@ -504,7 +504,9 @@ def run(argv: list[str] | None = None) -> dict:
         return config
 
     return main(
-        benchmark, label or "own_data", __doc__.splitlines()[0], SPLIT_MNIST, argv,
+        # The dataset named in checkpoints is the benchmark, not a load_dataset name: the
+        # arrays are this data after select_classes, which load_dataset cannot rebuild.
+        benchmark, benchmark, __doc__.splitlines()[0], SPLIT_MNIST, argv,
         add_arguments=add_own_data_arguments, make_config=make_config,
         load=lambda data_dir, quiet: loaded["dataset"],
     )
