@@ -217,30 +217,33 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.stdout) -> None:
+    """The final table: per seed, each task's accuracy after the last task, the average (the
+    paper's metric), the task-incremental average, the accuracy over all test images and the
+    average forgetting, all in %, as everything people read (the JSON files hold fractions)."""
+    pct = metrics.percent
     T = len(runs[0]["final_task_acc"])
     head = " ".join(f"task{j + 1:>2}" for j in range(T))
-    print(f"\n{'seed':>5} {head}   average  task-IL  overall  forget   seconds", file=file)
+    print(f"\naccuracy (%) after the last task\n{'seed':>5} {head}  average  task-IL  overall"
+          f"  forget  seconds", file=file)
     for r in runs:
-        cells = " ".join(f"{a:6.3f}" for a in r["final_task_acc"])
-        forget = "    -" if r["avg_forgetting"] is None else f"{r['avg_forgetting']:.3f}"
-        task_il = r.get("final_task_il_avg_acc")
-        task_il = "     -" if task_il is None else f"{task_il:.4f}"
+        cells = " ".join(f"{pct(a):>6}" for a in r["final_task_acc"])
         print(
-            f"{r['seed']:>5} {cells}   {r['final_avg_acc']:.4f}   {task_il}"
-            f"   {r['final_overall_acc']:.4f}   {forget}   {r['seconds']['total']:7.1f}",
+            f"{r['seed']:>5} {cells}  {pct(r['final_avg_acc']):>7}  "
+            f"{pct(r.get('final_task_il_avg_acc')):>7}  {pct(r['final_overall_acc']):>7}  "
+            f"{pct(r['avg_forgetting']):>6}  {r['seconds']['total']:7.1f}",
             file=file,
         )
     avg = summary["final_avg_acc"]
     print(
-        f"\nfinal average accuracy over {avg['n']} seed(s): {avg['mean']:.4f} "
-        f"+- {avg['std']:.4f} (sd), +- {avg['sem']:.4f} (sem)",
+        f"\nfinal average accuracy over {avg['n']} seed(s): {pct(avg['mean'], 2)} % "
+        f"+- {pct(avg['std'], 2)} (sd), +- {pct(avg['sem'], 2)} (sem)",
         file=file,
     )
     task_il = summary.get("final_task_il_avg_acc")
     if task_il is not None:
         print(
-            f"task-incremental (argmax within each task's classes): {task_il['mean']:.4f} "
-            f"+- {task_il['std']:.4f} (sd)",
+            f"task-incremental (argmax within each task's classes): {pct(task_il['mean'], 2)} % "
+            f"+- {pct(task_il['std'], 2)} (sd)",
             file=file,
         )
 

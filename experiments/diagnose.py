@@ -34,6 +34,7 @@ from spacenet_jax.checkpoint import (
     saved_tasks,
 )
 from spacenet_jax.data import load_dataset, task_indices
+from spacenet_jax.metrics import percent
 
 
 def diagnose(folder: Path, data_dir: str | None) -> dict[str, Any]:
@@ -79,20 +80,22 @@ def diagnose(folder: Path, data_dir: str | None) -> dict[str, Any]:
 
 
 def print_report(d: dict[str, Any]) -> None:
-    print(f"{d['benchmark']} seed {d['seed']}: just after learning each task")
+    pct = percent
+    print(f"{d['benchmark']} seed {d['seed']}: just after learning each task (accuracies in %)")
     print("  task  class-IL  task-IL  own logit  earlier logit  lost to earlier  "
           "units reached by the task's connections (reserved reached / reserved)")
     for r in d["just_after"]:
         reach = "  ".join(f"{x['reached']}/{x['units']} ({x['reserved_reached']}/{x['reserved']})"
                           for x in r["reachable"])
-        print(f"  {r['task']:4d}  {r['class_il']:8.3f}  {r['task_il']:7.3f}  {r['own_logit']:9.2f}"
-              f"  {r['earlier_tasks_logit']:13.2f}  {r['lost_to_other_tasks']:15.3f}  {reach}")
+        print(f"  {r['task']:4d}  {pct(r['class_il']):>8}  {pct(r['task_il']):>7}  "
+              f"{r['own_logit']:9.2f}  {r['earlier_tasks_logit']:13.2f}  "
+              f"{pct(r['lost_to_other_tasks']):>15}  {reach}")
     print("after the last task")
     print("  task  class-IL  task-IL  lost to other tasks  drift of its reserved units per layer")
     for r in d["after_last"]:
         drift = " ".join(f"{x:.2f}" for x in r["reserved_unit_drift"])
-        print(f"  {r['task']:4d}  {r['class_il']:8.3f}  {r['task_il']:7.3f}  "
-              f"{r['lost_to_other_tasks']:19.3f}  {drift}")
+        print(f"  {r['task']:4d}  {pct(r['class_il']):>8}  {pct(r['task_il']):>7}  "
+              f"{pct(r['lost_to_other_tasks']):>19}  {drift}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

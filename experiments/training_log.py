@@ -87,8 +87,9 @@ class TrainingLog:
 
     def epoch_end(self, seed: int, task: int, epoch: int, loss: float, accuracy: float) -> None:
         """``runner``'s ``on_epoch_end``: ``task`` and ``epoch`` 0-based."""
-        self._append({"seed": seed, "task": task + 1, "epoch": epoch + 1, "loss": loss,
-                      "train_acc": accuracy, "time": _now()})
+        seed, task, epoch = int(seed), int(task), int(epoch)
+        self._append({"seed": seed, "task": task + 1, "epoch": epoch + 1, "loss": float(loss),
+                      "train_acc": float(accuracy), "time": _now()})
         if self._tensorboard is not None:
             step = task * self.epochs + epoch + 1
             self._writer(seed).add_scalar("train/loss", loss, step)
@@ -96,6 +97,7 @@ class TrainingLog:
 
     def task_end(self, seed: int, task: int, record: dict[str, Any]) -> None:
         """After task ``task`` (0-based) of ``seed``, its test accuracies from ``record``."""
+        seed, task = int(seed), int(task)
         row = record["acc_matrix"][-1]
         task_il = record.get("task_il_acc_matrix", [[None] * len(row)])[-1]
         self._append({"seed": seed, "task": task + 1, "test_acc": row, "task_il_acc": task_il,

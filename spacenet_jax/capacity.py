@@ -29,6 +29,8 @@ def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
       ``positions`` between the selected units, ``fits``). ``final`` holds, per hidden layer,
       the neurons reserved and the size, and per weight matrix the connections used and the
       positions, and the whole network's totals. Dense methods claim every connection.
+      Tasks, hidden layers and weight matrices are numbered from 1, as everywhere people read
+      them (the JSON ``capacity_plan.json`` included).
     """
     hidden_sizes = config.layer_sizes[1:-1]
     tasks = []
@@ -53,13 +55,14 @@ def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
                 fan_in, fan_out = config.mask_shape(layer)
                 count, regrow = fan_in * fan_out, 0
             layers.append({
-                "layer": layer,
+                "layer": layer + 1,
                 "connections": count,
                 "regrowth": regrow,
                 "positions": fan_in * fan_out,
                 "fits": count + regrow <= fan_in * fan_out,
             })
-        tasks.append({"task": t, "classes": list(classes), "hidden": hidden, "layers": layers})
+        tasks.append({"task": t + 1, "classes": list(classes), "hidden": hidden,
+                      "layers": layers})
 
     stages = config.num_tasks if config.sparse else 1
     used = [
@@ -76,7 +79,7 @@ def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
             for h, n in enumerate(hidden_sizes)
         ],
         "layers": [
-            {"layer": layer, "used": used[layer], "positions": config.positions(layer)}
+            {"layer": layer + 1, "used": used[layer], "positions": config.positions(layer)}
             for layer in range(config.num_layers)
         ],
         "connections_used": sum(used),
@@ -90,7 +93,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     unit = "connections" if plan["sparse"] else "connections (dense: all of them)"
     lines = [f"capacity plan ({plan['method']}): per task, hidden neurons and {unit}"]
     for task in plan["tasks"]:
-        lines.append(f"task {task['task'] + 1} (classes {task['classes']})")
+        lines.append(f"task {task['task']} (classes {task['classes']})")
         for h in task["hidden"]:
             lines.append(
                 f"  hidden {h['layer']}: {h['free_before']} free, selects {h['selected']}, "

@@ -407,15 +407,18 @@ def validate(config: SpaceNetConfig) -> None:
     seen: dict[int, int] = {}
     for t, classes in enumerate(config.task_classes):
         if not classes:
-            _fail(f"task {t} has no classes")
+            _fail(f"task {t + 1} has no classes")
         for c in classes:
             if not 0 <= c < sizes[-1]:
                 _fail(
-                    f"task {t} names class {c} but the output layer has {sizes[-1]} units "
+                    f"task {t + 1} names class {c} but the output layer has {sizes[-1]} units "
                     f"(classes 0..{sizes[-1] - 1}); enlarge layer_sizes[-1] or fix task_classes"
                 )
             if c in seen:
-                _fail(f"class {c} appears in task {seen[c]} and task {t}: tasks must not overlap")
+                _fail(
+                    f"class {c} appears in task {seen[c] + 1} and task {t + 1}: tasks must not "
+                    f"overlap"
+                )
             seen[c] = t
     unused = sorted(set(range(sizes[-1])) - set(seen))
     if unused:
@@ -423,6 +426,16 @@ def validate(config: SpaceNetConfig) -> None:
             f"the output layer has {sizes[-1]} units but no task names classes {unused}: every "
             f"class must belong to a task (or shrink layer_sizes[-1] to the classes used)"
         )
+
+    for layer in range(L):  # positions are int32 (top-k, indices): refuse what overflows
+        count = math.prod(config.weight_shape(layer))
+        if count > MAX_WEIGHTS_PER_LAYER:
+            _fail(
+                f"weight matrix {layer + 1} would hold {count:,} weights "
+                f"{config.weight_shape(layer)}, more than the {MAX_WEIGHTS_PER_LAYER:,} that "
+                f"int32 positions can address (and far more than fits in memory); choose "
+                f"smaller layer sizes"
+            )
 
     if not config.sparse:
         return  # a dense network: the sparsity settings are not used
@@ -443,20 +456,10 @@ def validate(config: SpaceNetConfig) -> None:
         if free_at_last < need:
             last = (n - need) // spec if spec else T
             _fail(
-                f"hidden layer {h + 1}: task {T - 1} (0-based) needs {need} free neurons but "
+                f"hidden layer {h + 1}: task {T} (the last) needs {need} free neurons but "
                 f"only {free_at_last} of {n} remain after {T - 1} tasks reserve {spec} each; "
                 f"only {last + 1} tasks fit. Lower specific_neurons or selected_neurons, or "
                 f"widen the layer"
-            )
-
-    for layer in range(L):  # positions are int32 (top-k, indices): refuse what overflows
-        count = math.prod(config.weight_shape(layer))
-        if count > MAX_WEIGHTS_PER_LAYER:
-            _fail(
-                f"weight matrix {layer + 1} would hold {count:,} weights "
-                f"{config.weight_shape(layer)}, more than the {MAX_WEIGHTS_PER_LAYER:,} that "
-                f"int32 positions can address (and far more than fits in memory); choose "
-                f"smaller layer sizes"
             )
 
     # Connections: each task's count must fit between its selected neurons, with room to grow.
@@ -464,7 +467,10 @@ def validate(config: SpaceNetConfig) -> None:
     for layer in range(L):
         count = config.connections_per_task[layer]
         if count <= 0:
-            _fail(f"layer {layer}: connections_per_task must be positive, got {count}")
+            _fail(
+                f"weight matrix {layer + 1}: connections_per_task[{layer}] must be positive, "
+                f"got {count}"
+            )
         for t in range(config.num_tasks):
             fan_in, fan_out = selected_fan(config, layer, t)
             k = config.rewire_counts[layer]
@@ -472,7 +478,8 @@ def validate(config: SpaceNetConfig) -> None:
             if count + k > positions:
                 unit = "kernels" if config.is_conv(layer) else "connections"
                 _fail(
-                    f"layer {layer}, task {t}: {count} {unit} (+{k} for regrowth) do not "
+                    f"weight matrix {layer + 1}, task {t + 1}: {count} {unit} (+{k} for regrowth) "
+                    f"do not "
                     f"fit in the {positions} positions between {fan_in} and {fan_out} selected "
                     f"units; lower connections_per_task[{layer}] or rewire_ratio, or select "
                     f"more neurons"

@@ -156,13 +156,13 @@ def check_allocation(
         for h, short in enumerate(report["neuron_shortfall"][row]):
             if short:
                 raise CapacityError(
-                    f"{tag}task {task}, hidden layer {h + 1}: {short} too few free neurons to "
+                    f"{tag}task {task + 1}, hidden layer {h + 1}: {short} too few free neurons to "
                     f"select from; lower selected_neurons or specific_neurons"
                 )
         for layer, short in enumerate(report["connection_shortfall"][row]):
             if short:
                 raise CapacityError(
-                    f"{tag}task {task}, layer {layer}: only "
+                    f"{tag}task {task + 1}, weight matrix {layer + 1}: only "
                     f"{report['candidate_positions'][row][layer]} free positions between the "
                     f"selected neurons, {short} short of the connections asked for; lower "
                     f"connections_per_task[{layer}] or select more neurons"
@@ -181,7 +181,8 @@ def check_rewiring(
         if short.any():
             layer = int(np.argmax(short))
             raise CapacityError(
-                f"{tag}task {task}, epoch {epoch}, layer {layer}: {short[layer]} too few free "
+                f"{tag}task {task + 1}, epoch {epoch + 1}, weight matrix {layer + 1}: "
+                f"{short[layer]} too few free "
                 f"positions between the selected neurons to regrow the dropped connections; "
                 f"lower rewire_ratio or connections_per_task[{layer}]"
             )
@@ -197,7 +198,8 @@ def check_finite(
     for step, tag in zip(steps, where, strict=True):
         if step >= 0:
             raise DivergenceError(
-                f"{tag}task {task}, epoch {epoch}, step {step}: the training loss is NaN or "
+                f"{tag}task {task + 1}, epoch {epoch + 1}, step {step + 1}: the training loss "
+                f"is NaN or "
                 f"infinite; lower the learning rate (now {config.learning_rate}) or the "
                 f"momentum (now {config.momentum}). The task was abandoned: the checkpoint "
                 f"after the previous task, if any, is the last good one"
@@ -294,7 +296,10 @@ def run_epochs(
         pending.append((epoch, metrics, shortfall))
         if on_epoch is None and epoch < config.epochs - 1:
             continue
-        for done, metrics, shortfall in to_host(pending):
+        # Only the arrays go to the host: gathered across processes, a Python epoch number
+        # would come back as one copy per process.
+        hosted = to_host([(metrics, shortfall) for _, metrics, shortfall in pending])
+        for (done, _, _), (metrics, shortfall) in zip(pending, hosted, strict=True):
             check_finite(metrics, task, done, config, seeds)
             check_rewiring(shortfall, task, done, seeds)
             if on_epoch is not None:
@@ -331,8 +336,9 @@ def learn_task(
         raise ConfigError(
             f"all {config.num_tasks} tasks of the config are learned; nothing left to learn"
         )
-    check_images(data.images, config, f"task {task}'s training images")
-    check_labels(data.labels, config, f"task {task}'s training labels", data.images.shape[0])
+    check_images(data.images, config, f"task {task + 1}'s training images")
+    check_labels(data.labels, config, f"task {task + 1}'s training labels",
+                 data.images.shape[0], used=np.asarray(data.indices)[: data.num_examples])
     state, report = begin_task(state, config)
     check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)

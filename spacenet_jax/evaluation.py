@@ -98,7 +98,8 @@ def evaluate_tasks(
         ``check_labels``), before any work.
     """
     check_images(images, config)
-    check_labels(labels, config, count=images.shape[0])
+    check_labels(labels, config, count=images.shape[0],
+                 used=np.concatenate([np.asarray(i, np.int64) for i in task_example_indices]))
     predictions = predict_in_chunks(state, config, images)
     return task_accuracies(
         predictions, np.asarray(labels), task_example_indices, int(state.task)
@@ -162,7 +163,8 @@ def evaluate_tasks_both(
       InputError: as ``evaluate_tasks``.
     """
     check_images(images, config)
-    check_labels(labels, config, count=images.shape[0])
+    check_labels(labels, config, count=images.shape[0],
+                 used=np.concatenate([np.asarray(i, np.int64) for i in task_example_indices]))
     predictions = predict_in_chunks(state, config, images, with_tasks=True)
     return class_and_task_il_accuracies(
         predictions, np.asarray(labels), task_example_indices, int(state.task)

@@ -99,10 +99,13 @@ def check_images(images: Any, config: SpaceNetConfig, what: str = "images") -> N
 
 
 def check_labels(
-    labels: Any, config: SpaceNetConfig, what: str = "labels", count: int | None = None
+    labels: Any, config: SpaceNetConfig, what: str = "labels", count: int | None = None,
+    used: Any = None,
 ) -> None:
     """Refuse labels the network cannot score: anything but a 1-D integer array (of ``count``
-    entries, when given) whose values lie in ``0..layer_sizes[-1] - 1``.
+    entries, when given) whose values lie in ``0..layer_sizes[-1] - 1``. With ``used`` (indices
+    of the examples the call uses, e.g. a task's), only those labels must lie in that range:
+    a dataset may hold classes that no task of the network names.
 
     Reads the shape and dtype, and the minimum and maximum (one reduction each).
 
@@ -133,7 +136,9 @@ def check_labels(
             f"{what} hold {shape[0]} labels but there are {count} images: give one label per "
             f"image"
         )
-    if shape[0] == 0:
+    if used is not None:
+        labels = np.asarray(labels)[np.asarray(used)]
+    if labels.shape[0] == 0:
         return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= config.num_classes:

@@ -30,6 +30,7 @@ from spacenet_jax.checkpoint import (
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
 from spacenet_jax.evaluation import evaluate_tasks
+from spacenet_jax.metrics import percent
 from spacenet_jax.runner import connection_counts, free_neuron_counts
 from spacenet_jax.state import FREE, SpaceNetState
 
@@ -150,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     per_task, overall = evaluate_checkpoint(state, config, dataset)
-    shown = " ".join(f"{a:.4f}" for a in per_task if a is not None)
+    shown = " ".join(percent(a, 2) for a in per_task if a is not None)
     seen = [a for a in per_task if a is not None]
-    print(f"test accuracy per task learned: {shown}")
-    print(f"mean {np.mean(seen):.4f}, pooled {overall:.4f}")
+    print(f"test accuracy (%) per task learned: {shown}")
+    print(f"mean {percent(float(np.mean(seen)), 2)} %, pooled {percent(overall, 2)} %")
     return 0
 
 

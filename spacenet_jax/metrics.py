@@ -67,3 +67,9 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | list[float]]:
         "sem": std / np.sqrt(n) if n > 1 else 0.0,
         "values": [float(x) for x in v],
     }
+
+
+def percent(fraction: float | None, digits: int = 1) -> str:
+    """An accuracy for people: a fraction (as the JSON files hold it) shown as a percentage
+    with ``digits`` decimals, without the sign (``0.9876`` -> ``"98.8"``); ``"-"`` for None."""
+    return "-" if fraction is None else f"{100 * fraction:.{digits}f}"

@@ -58,12 +58,15 @@ def check_dataset(config: SpaceNetConfig, dataset: ImageDataset) -> None:
     Raises:
       ConfigError (``InputError`` for the images and labels): what is wrong and how to fix it.
     """
+    wanted = {c for classes in config.task_classes for c in classes}
     for split, words in (("train", "training"), ("test", "test")):
         images = getattr(dataset, f"{split}_images")
+        labels = getattr(dataset, f"{split}_labels")
         check_images(images, config, f"{dataset.name} {words} images")
-        check_labels(getattr(dataset, f"{split}_labels"), config,
-                     f"{dataset.name} {words} labels", count=images.shape[0])
-    wanted = {c for classes in config.task_classes for c in classes}
+        # Examples of classes no task names are never used, so they may lie outside the
+        # output layer (the tasks' classes cannot: the configuration checks them).
+        check_labels(labels, config, f"{dataset.name} {words} labels", count=images.shape[0],
+                     used=np.flatnonzero(np.isin(np.asarray(labels), sorted(wanted))))
     present = set(np.unique(dataset.train_labels).tolist())
     missing = sorted(wanted - present)
     if missing:
@@ -296,12 +299,13 @@ def _run_sequence(
             n = len(seeds)  # a sharded batch may carry padding seeds after the real ones
             losses, accs = np.atleast_1d(m.loss)[:n], np.atleast_1d(m.accuracy)[:n]
             for seed, seed_loss, seed_acc in zip(seeds, losses, accs, strict=True):
-                on_epoch_end(seed, task, epoch, float(seed_loss), float(seed_acc))
+                on_epoch_end(int(seed), int(task), int(epoch), float(seed_loss),
+                             float(seed_acc))
         loss, acc = np.mean(m.loss), np.mean(m.accuracy)
         over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
         line = (
             f"{unit} {task + 1}/{stages} epoch {epoch + 1}/{config.epochs} "
-            f"loss {loss:.4f} train acc {acc:.4f}{over}"
+            f"loss {loss:.4f} train acc {metrics.percent(acc)} %{over}"
         )
         if interactive:
             bar.set_postfix_str(line)
@@ -334,11 +338,12 @@ def _run_sequence(
             task_il = np.mean([
                 np.mean([a for a in log.task_il_acc_matrix[-1] if a is not None]) for log in logs
             ])
-            shown = " ".join(f"{a:.3f}" for a in np.mean(rows, axis=0))
+            shown = " ".join(metrics.percent(a) for a in np.mean(rows, axis=0))
             over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
             bar.write(
-                f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: test accuracy per "
-                f"task {shown} | mean {mean:.4f} | task-IL mean {task_il:.4f}{over}",
+                f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: test accuracy (%) per "
+                f"task {shown} | mean {metrics.percent(mean)} | task-IL mean "
+                f"{metrics.percent(task_il)}{over}",
                 file=sys.stderr,
             )
         total = time.perf_counter() - start

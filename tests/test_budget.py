@@ -192,7 +192,7 @@ def test_dry_run_shows_the_erk_counts(benchmark, width, capsys):
     layers = payload["plan"]["tasks"][0]["layers"]
     assert [layer["connections"] for layer in layers] == list(counts)
     text = capsys.readouterr().out
-    assert f"weights 4: {counts[4]} (+{round(0.2 * counts[4])} regrown)" in text
+    assert f"weights 5: {counts[4]} (+{round(0.2 * counts[4])} regrown)" in text
     assert "DOES NOT FIT" not in text
 
 

@@ -32,7 +32,11 @@ def test_split_mnist_plan_matches_the_paper_settings():
     assert final["connection_positions"] == 784 * 400 + 400 * 400 + 400 * 10
     text = format_plan(plan)
     assert "network: 58600 of 477600 connections used (12.3%)" in text
-    assert "weights 0: 10000 (+2000 regrown) of 62720 positions" in text
+    assert "weights 1: 10000 (+2000 regrown) of 62720 positions" in text
+    # People count from 1: tasks, hidden layers and weight matrices, in the JSON too.
+    assert [task["task"] for task in plan["tasks"]] == [1, 2, 3, 4, 5]
+    assert [x["layer"] for x in final["layers"]] == [1, 2, 3]
+    assert text.splitlines()[1].startswith("task 1 (classes [0, 1])")
 
 
 def test_dense_methods_plan_every_connection_and_no_reservation():

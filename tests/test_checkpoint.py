@@ -341,7 +341,8 @@ def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
     assert "task 2: [10000, 1640, 80]" in shown.stdout
     assert "layer 1 (400): free 320, reserved 80" in shown.stdout
     row = b[0]["acc_matrix"][1][:2]
-    assert f"test accuracy per task learned: {row[0]:.4f} {row[1]:.4f}" in shown.stdout
+    assert f"test accuracy (%) per task learned: {100 * row[0]:.2f} {100 * row[1]:.2f}" in (
+        shown.stdout)
 
 
 @pytest.mark.parametrize(

@@ -393,5 +393,5 @@ def test_capacity_shortfall_found_during_a_task_is_a_clear_error():
     data = synthetic_dataset()
     tasks = tasks_for(config, data)
     state = learn_task(init_state(config, 0), config, tasks[0])
-    with pytest.raises(CapacityError, match=r"task 1, layer 1: only \d+ free positions"):
+    with pytest.raises(CapacityError, match=r"task 2, weight matrix 2: only \d+ free positions"):
         learn_task(state, config, tasks[1])

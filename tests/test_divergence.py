@@ -33,13 +33,13 @@ def diverging_at_task_1() -> ImageDataset:
 
 
 def test_single_run_stops_at_the_first_bad_task_epoch_and_step():
-    with pytest.raises(DivergenceError, match=r"^task 1, epoch 0, step \d+: the training loss is "
+    with pytest.raises(DivergenceError, match=r"^task 2, epoch 1, step \d+: the training loss is "
                                               r"NaN or infinite; lower the learning rate"):
         run_task_sequence(CONFIG, diverging_at_task_1(), 0, progress=False)
 
 
 def test_batched_run_names_the_seed():
-    with pytest.raises(DivergenceError, match=r"^seed 4, task 1, epoch 0, step \d+: "):
+    with pytest.raises(DivergenceError, match=r"^seed 4, task 2, epoch 1, step \d+: "):
         run_task_sequences(CONFIG, diverging_at_task_1(), [4, 5], progress=False)
 
 
@@ -52,8 +52,8 @@ def test_cli_exits_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path,
                         load=lambda data_dir, quiet: data)
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(r"task 1, epoch 0, step \d+: the training loss is NaN or infinite", err)
-    assert saved_tasks(seed_dir(tmp_path, 0)) == [1]  # the checkpoint after task 0 survives
+    assert re.search(r"task 2, epoch 1, step \d+: the training loss is NaN or infinite", err)
+    assert saved_tasks(seed_dir(tmp_path, 0)) == [1]  # the checkpoint after task 1 survives
 
 
 def test_padding_with_a_label_outside_the_output_layer_is_not_a_divergence():

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 def _without_timing(record: dict) -> dict:
     """A record without what legitimately differs between a batch and a single run."""
     return {k: v for k, v in json.loads(json.dumps(record)).items()
-            if k not in ("seconds", "batch")}
+            if k not in ("seconds", "batch", "provenance")}
 
 
 def _assert_same_state(a, b, what: str) -> None:
@@ -123,13 +123,13 @@ def test_capacity_errors_name_the_seed():
         "connection_shortfall": np.zeros((2, 3), int),
         "candidate_positions": np.full((2, 3), 50),
     }
-    with pytest.raises(CapacityError, match=r"seed 7, task 1, hidden layer 2: 2 too few"):
+    with pytest.raises(CapacityError, match=r"seed 7, task 2, hidden layer 2: 2 too few"):
         check_allocation(report, 1, seeds=[3, 7])
     report["neuron_shortfall"][:] = 0
     report["connection_shortfall"][0, 1] = 4
-    with pytest.raises(CapacityError, match=r"seed 3, task 1, layer 1: only 50 free"):
+    with pytest.raises(CapacityError, match=r"seed 3, task 2, weight matrix 2: only 50 free"):
         check_allocation(report, 1, seeds=[3, 7])
-    with pytest.raises(CapacityError, match=r"seed 7, task 2, epoch 0, layer 0: 5 too few"):
+    with pytest.raises(CapacityError, match=r"seed 7, task 3, epoch 1, weight matrix 1: 5 too few"):
         check_rewiring(np.array([[0, 0, 0], [5, 0, 0]]), 2, 0, seeds=[3, 7])
     check_rewiring(np.zeros((2, 3), int), 2, 0, seeds=[3, 7])  # no shortfall: no error
 

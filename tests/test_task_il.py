@@ -191,7 +191,7 @@ def test_resume_from_a_record_without_task_il_fills_none(capsys):
     print_table([whole], summarize_runs([whole]), file=out)
     assert "task-IL" in out.getvalue()
     assert f"task-incremental (argmax within each task's classes): " \
-           f"{whole['final_task_il_avg_acc']:.4f}" in out.getvalue()
+           f"{100 * whole['final_task_il_avg_acc']:.2f} %" in out.getvalue()
     print_table([whole, done], summary, file=io.StringIO())
     report = render_report({"runs": [whole]}, None, {}, {}, [], seed=1)
     row = " | ".join(f"{100 * a:.2f}" for a in whole["task_il_acc_matrix"][-1])
