@@ -221,14 +221,6 @@ def add_cnn_arguments(parser: argparse.ArgumentParser) -> None:
                    + "; ".join(f"{k}: {v}" for k, v in BUDGETS.items()))
 
 
-def default_inference(method: str, output_columns: str = "stored") -> str:
-    """The CNN experiments' inference rule: ``per_task`` wherever it applies (SpaceNet and
-    Static-SparseNN with stored output columns), since every later task trains into the
-    feature maps an earlier one reads (see the README's CNN section); ``shared`` otherwise."""
-    return "per_task" if method in ("spacenet", "static") and output_columns != "live" \
-        else "shared"
-
-
 def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> SpaceNetConfig:
     if not 0 < args.weights_per_task <= 1:
         raise ConfigError(f"--weights-per-task must be in (0, 1], got {args.weights_per_task}")
@@ -239,7 +231,6 @@ def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> 
         selected=args.selected_neurons, specific=args.specific_neurons,
         rewire_ratio=args.rewire_ratio, method=args.method,
         replay_per_task=args.replay_per_task, output_columns=args.output_columns,
-        inference=args.inference or default_inference(args.method, args.output_columns),
-        learning_rate=args.lr, momentum=args.momentum,
+        inference=args.inference, learning_rate=args.lr, momentum=args.momentum,
         batch_size=args.batch_size, epochs=args.epochs,
     )

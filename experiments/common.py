@@ -167,12 +167,9 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
                    default=defaults.output_columns,
                    help="finished tasks' output columns while later tasks train: "
                    + "; ".join(f"{k}: {v}" for k, v in OUTPUT_COLUMNS.items()))
-    h.add_argument("--inference", choices=list(INFERENCE),
-                   default=None if defaults.is_cnn else defaults.inference,
+    h.add_argument("--inference", choices=list(INFERENCE), default=defaults.inference,
                    help="which network scores each task's classes (no task identity either "
-                   "way): " + "; ".join(f"{k}: {v}" for k, v in INFERENCE.items())
-                   + (" (default for the CNN: per_task for spacenet and static, shared for "
-                      "the others)" if defaults.is_cnn else ""))
+                   "way): " + "; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -66,7 +66,6 @@ def test_split_cifar10_cli_on_fake_images_writes_results_and_the_figure(tmp_path
     assert config["selected_neurons"] == [16, 16, 16, 16, 32]
     assert runs[0]["connections_per_task"][0][0] == round(0.06 * 3 * 16)  # kernels
     assert saved["summary"]["final_avg_acc"]["n"] == 2
-    assert config["inference"] == "per_task"  # the CNN experiments' default for SpaceNet
     png = out / "final_task_accuracy.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "final_task_accuracy.png" in capsys.readouterr().out
@@ -114,21 +113,3 @@ def test_cifar10_100_without_cifar100_files_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "cifar" in result.stderr.lower()
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize("method, flags, expected", [
-    ("spacenet", [], "per_task"),
-    ("static", [], "per_task"),
-    ("spacenet", ["--inference", "shared"], "shared"),
-    ("spacenet", ["--output-columns", "live"], "shared"),
-    ("rehearsal", [], "shared"),
-    ("joint", [], "shared"),
-    ("finetune", [], "shared"),
-])
-def test_cnn_default_inference_is_per_task_where_it_applies(method, flags, expected):
-    from experiments.common import build_parser
-
-    parser = build_parser("test", SPLIT_CIFAR10)
-    add_cnn_arguments(parser)
-    args = parser.parse_args(["--method", method, *flags])
-    assert cnn_config_from_args(args, SPLIT_CIFAR10).inference == expected
