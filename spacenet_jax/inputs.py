@@ -54,6 +54,18 @@ def uint8_conversion_hint(dtype: np.dtype) -> str:
     return "convert them to uint8 pixels 0-255"
 
 
+def _shape_and_dtype(x: Any, what: str, expected: str, fix: str) -> tuple[tuple[int, ...],
+                                                                         np.dtype]:
+    """``x``'s shape and dtype, or an ``InputError`` if it is not an array at all."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        raise InputError(
+            f"{what} must be an array (numpy or JAX) of {expected}, got {type(x).__name__}; "
+            f"convert them with {fix}"
+        )
+    return tuple(getattr(x, "shape", ())), np.dtype(dtype)
+
+
 def check_images(images: Any, config: SpaceNetConfig, what: str = "images") -> None:
     """Refuse images the network cannot take: anything but uint8 ``(N, D)`` with ``N >= 1`` and
     ``D == input_width(config)``.
@@ -63,14 +75,8 @@ def check_images(images: Any, config: SpaceNetConfig, what: str = "images") -> N
     Raises:
         InputError: naming ``what``, the shape and dtype given, those expected, and the fix.
     """
-    shape = tuple(getattr(images, "shape", ()))
-    dtype = getattr(images, "dtype", None)
-    if dtype is None:
-        raise InputError(
-            f"{what} must be an array (numpy or JAX) of uint8 pixels, shape (N, D), got "
-            f"{type(images).__name__}; convert them with np.asarray(x, np.uint8)"
-        )
-    dtype = np.dtype(dtype)
+    shape, dtype = _shape_and_dtype(images, what, "uint8 pixels, shape (N, D)",
+                                    "np.asarray(x, np.uint8)")
     width = input_width(config)
     if dtype != np.uint8:
         raise InputError(
@@ -112,14 +118,8 @@ def check_labels(
     Raises:
         InputError: naming ``what``, what was given, what is expected, and the fix.
     """
-    shape = tuple(getattr(labels, "shape", ()))
-    dtype = getattr(labels, "dtype", None)
-    if dtype is None:
-        raise InputError(
-            f"{what} must be an array (numpy or JAX) of integer class indices, got "
-            f"{type(labels).__name__}; convert them with np.asarray(y, np.int32)"
-        )
-    dtype = np.dtype(dtype)
+    shape, dtype = _shape_and_dtype(labels, what, "integer class indices",
+                                    "np.asarray(y, np.int32)")
     if not np.issubdtype(dtype, np.integer):
         raise InputError(
             f"{what} are {dtype}, but class labels must be integers 0..{config.num_classes - 1}; "

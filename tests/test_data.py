@@ -239,14 +239,18 @@ def test_data_dir_without_dataset_subfolder(tmp_path):
     assert "t10k-images-idx3-ubyte.gz" in str(info.value)
 
 
+def _mnist_with_first_file_cut(folder: Path) -> Path:
+    """A copy of the shared MNIST folder (links) whose first file is cut in half."""
+    folder = _link_folder(folder, SHARED / "mnist", [f for f in FILES if f != FILES[0]])
+    whole = (SHARED / "mnist" / FILES[0]).read_bytes()
+    (folder / FILES[0]).write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
 @needs_shared
 def test_truncated_file_fails_checksum_without_network(tmp_path, monkeypatch):
     _no_network(monkeypatch)
-    folder = _link_folder(
-        tmp_path / "data" / "mnist", SHARED / "mnist", [f for f in FILES if f != FILES[0]]
-    )
-    whole = (SHARED / "mnist" / FILES[0]).read_bytes()
-    (folder / FILES[0]).write_bytes(whole[: len(whole) // 2])
+    folder = _mnist_with_first_file_cut(tmp_path / "data" / "mnist")
     with pytest.raises(DatasetError) as info:
         load_dataset("mnist", tmp_path / "data", verbose=False)
     msg = str(info.value)
@@ -337,11 +341,7 @@ def test_cache_and_tfds_folder_made_from_other_files_are_not_used(
     stamp = json.loads((cache / "tfds" / "mnist" / "spacenet_sources.json").read_text())
     assert stamp["sources"] == recorded
 
-    folder = _link_folder(
-        tmp_path / "data" / "mnist", SHARED / "mnist", [f for f in FILES if f != FILES[0]]
-    )
-    whole = (SHARED / "mnist" / FILES[0]).read_bytes()
-    (folder / FILES[0]).write_bytes(whole[: len(whole) // 2])
+    folder = _mnist_with_first_file_cut(tmp_path / "data" / "mnist")
     with pytest.raises(DatasetError) as info:
         load_dataset("mnist", tmp_path / "data", verbose=False)
     assert "checksum" in str(info.value).lower() and str(folder) in str(info.value)
