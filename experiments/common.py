@@ -102,7 +102,9 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     g.add_argument(
         "--data-dir", default=None,
         help="folder holding one sub-folder per dataset with the canonical files (offline use, "
-        "e.g. ../shared/datasets); default: $SPACENET_DATA_DIR, else tfds downloads",
+        "e.g. ../shared/datasets); must exist; the cache is rebuilt if its files changed. "
+        "Default: $SPACENET_DATA_DIR, else the cache, else a tfds download (checked first: "
+        "offline, the command stops within seconds)",
     )
     g.add_argument("--out", type=Path, default=None,
                    help="write OUT/results.json (merged with the runs it already holds), "
