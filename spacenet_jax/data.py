@@ -838,7 +838,7 @@ def network_problem(
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 outcome.append(None)
-        except (OSError, ValueError) as err:
+        except Exception as err:  # a probe reports, it never raises (it may outlive the call)
             outcome.append(err)
 
     thread = threading.Thread(target=connect, name="spacenet-network-probe", daemon=True)
