@@ -21,7 +21,7 @@ from experiments.interrupts import (
     interrupts_as_keyboard_interrupt,
     resume_command,
 )
-from experiments.results_io import (  # noqa: F401  (re-exported: the experiments' API)
+from experiments.results_io import (
     check_output_folder,
     check_seeds_not_done,
     merge_runs,
@@ -430,8 +430,7 @@ def claim_run_folders(out_dir: Path | None, checkpoint_dir: Path | None, seeds: 
         if out_dir is not None:
             lock_folder(out_dir, what="results", other="another --out")
     except (CheckpointError, FolderLockError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(str(err))
 
 
 def plan_resume(
@@ -594,8 +593,6 @@ def main(
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     if load is None:
         dataset = load_or_exit(dataset_name, args.data_dir, args.quiet)
     else:
