@@ -49,7 +49,7 @@ from spacenet_jax.config import (
     parse_int_list,
 )
 from spacenet_jax.continual import DivergenceError
-from spacenet_jax.data import DatasetError, ImageDataset, load_dataset
+from spacenet_jax.data import DatasetError, ImageDataset, hold_out_validation, load_dataset
 from spacenet_jax.folder_lock import FolderLockError, lock_folder, releases_locks
 
 
@@ -172,6 +172,12 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     h.add_argument("--inference", choices=list(INFERENCE), default=defaults.inference,
                    help="which network scores each task's classes (no task identity either "
                    "way): " + "; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
+    h.add_argument("--validation", type=int, default=defaults.validation_per_class,
+                   metavar="N", help="hold out N training examples per class as a validation "
+                   "set, evaluated beside the test set after every task (choose settings on it, "
+                   "not on the test set); 0: none")
+    h.add_argument("--validation-seed", type=int, default=defaults.validation_seed,
+                   help="seed of the validation draw (independent of --seed)")
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -213,6 +219,11 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["final_task_acc_mean"] = [
         metrics.summarize([r["final_task_acc"][j] for r in runs])["mean"] for j in range(T)
     ]
+    if all(r.get("validation") is not None for r in runs):
+        summary["validation"] = {
+            k: metrics.summarize([r["validation"][k] for r in runs])
+            for k in ("final_avg_acc", "final_task_il_avg_acc")
+        }
     summary["seeds"] = [r["seed"] for r in runs]
     summary["seconds_per_run"] = metrics.summarize([r["seconds"]["total"] for r in runs])
     return summary
@@ -241,6 +252,14 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.st
         f"+- {pct(avg['std'], 2)} (sd), +- {pct(avg['sem'], 2)} (sem)",
         file=file,
     )
+    validation = summary.get("validation")
+    if validation is not None:
+        val, val_il = validation["final_avg_acc"], validation["final_task_il_avg_acc"]
+        print(
+            f"validation set: final average {pct(val['mean'], 2)} % +- {pct(val['std'], 2)} "
+            f"(sd), task-incremental {pct(val_il['mean'], 2)} %",
+            file=file,
+        )
     task_il = summary.get("final_task_il_avg_acc")
     if task_il is not None:
         print(
@@ -550,7 +569,10 @@ def main(
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        config = (make_config or config_from_args)(args, defaults)
+        config = dataclasses.replace(
+            (make_config or config_from_args)(args, defaults),
+            validation_per_class=args.validation, validation_seed=args.validation_seed,
+        )
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
@@ -601,6 +623,10 @@ def main(
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+    try:  # refuse an impossible --validation now, not when the first seed starts
+        hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
+    except DatasetError as err:
+        refuse(str(err))
 
     start = time.perf_counter()
     training_log = TrainingLog(

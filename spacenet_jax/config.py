@@ -103,6 +103,12 @@ class SpaceNetConfig:
       kernel_size: convolution kernel size.
       conv_padding: ``"SAME"`` or ``"VALID"`` per conv layer (empty: all ``"SAME"``).
       pool_after: conv layers (0-based) followed by a 2x2 max-pool of stride 2.
+      validation_per_class: training examples of each class held out as a validation set
+        (0: none). They are not trained on; after each task the network is evaluated on them
+        beside the test set (``record["validation"]``), so that settings can be chosen without
+        looking at the test set. Which examples are held out depends only on the labels and
+        ``validation_seed`` (``spacenet_jax.data.hold_out_validation``), not on the run's seed.
+      validation_seed: seed of the validation draw.
 
     ``selected_neurons[h]`` equal to the layer's width selects *every free* neuron (feature map)
     of that layer, as the paper does for its CNN.
@@ -129,6 +135,8 @@ class SpaceNetConfig:
     kernel_size: int = 3
     conv_padding: tuple[str, ...] = ()
     pool_after: tuple[int, ...] = ()
+    validation_per_class: int = 0
+    validation_seed: int = 0
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so that the config stays hashable (jit-static).
@@ -292,6 +300,8 @@ FLAGS: dict[str, str] = {
     "replay_per_task": "--replay-per-task",
     "output_columns": "--output-columns",
     "inference": "--inference",
+    "validation_per_class": "--validation",
+    "validation_seed": "--validation-seed",
     "learning_rate": "--lr",
     "momentum": "--momentum",
     "batch_size": "--batch-size",
@@ -370,6 +380,11 @@ def validate(config: SpaceNetConfig) -> None:
             f"(method spacenet or static, output_columns stored or reserved); method "
             f"{config.method!r} with output_columns {config.output_columns!r} has none: use "
             f"inference='shared'"
+        )
+    if config.validation_per_class < 0:
+        _fail(
+            f"validation_per_class must be >= 0 (0 holds out nothing), got "
+            f"{config.validation_per_class}"
         )
     if config.replay_per_task < 0:
         _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")

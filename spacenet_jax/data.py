@@ -152,6 +152,8 @@ class ImageDataset:
         num_classes: number of classes (10; 100 for CIFAR-100).
         image_shape: (height, width, channels) of one image: (28, 28, 1) for MNIST and
             Fashion-MNIST (the default), (32, 32, 3) for CIFAR-10 / CIFAR-100.
+        validation_images, validation_labels: training examples held out for choosing
+            settings (:func:`hold_out_validation`), or None.
     """
 
     name: str
@@ -161,6 +163,51 @@ class ImageDataset:
     test_labels: np.ndarray
     num_classes: int
     image_shape: tuple[int, int, int] = MNIST_IMAGE_SHAPE
+    validation_images: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
+
+
+def hold_out_validation(dataset: ImageDataset, per_class: int, seed: int = 0) -> ImageDataset:
+    """Move ``per_class`` training examples of every class into a validation set.
+
+    The examples are drawn without replacement from each class with ``numpy``'s generator
+    seeded by ``seed``, so the split depends only on the training labels, ``per_class`` and
+    ``seed``; the remaining training examples and the validation examples keep their original
+    order. ``per_class=0`` returns ``dataset`` unchanged.
+
+    Returns:
+        The dataset with ``train_*`` reduced by ``per_class * classes`` examples and
+        ``validation_*`` holding them (uint8 ``(V, D)`` images, int32 ``(V,)`` labels).
+
+    Raises:
+        DatasetError: the dataset already has a validation set, or a class has no more than
+            ``per_class`` training examples (nothing would be left to train on).
+    """
+    if per_class == 0:
+        return dataset
+    if dataset.validation_images is not None:
+        raise DatasetError(f"{dataset.name} already has a validation set; hold one out once")
+    labels = np.asarray(dataset.train_labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if per_class < 0 or per_class >= counts.min():
+        smallest = int(classes[np.argmin(counts)])
+        raise DatasetError(
+            f"cannot hold out {per_class} validation examples per class: class {smallest} has "
+            f"only {int(counts.min())} training examples; use --validation between 1 and "
+            f"{int(counts.min()) - 1}"
+        )
+    rng = np.random.default_rng(seed)
+    held = np.zeros(labels.shape[0], dtype=bool)
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        held[rng.choice(members, size=per_class, replace=False)] = True
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[~held],
+        train_labels=labels[~held],
+        validation_images=dataset.train_images[held],
+        validation_labels=labels[held],
+    )
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from spacenet_jax import metrics
 from spacenet_jax.config import ConfigError, SpaceNetConfig, with_default_fields
 from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
-from spacenet_jax.data import ImageDataset, task_indices
+from spacenet_jax.data import ImageDataset, hold_out_validation, task_indices
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
 from spacenet_jax.inputs import check_images, check_labels
 from spacenet_jax.stages import training_stages
@@ -115,6 +115,7 @@ def run_task_sequence(
       The final state and the run record (see ``results.json`` in the README).
     """
     check_dataset(config, dataset)
+    dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
     stages = training_stages(config, task_indices(dataset.train_labels, config.task_classes), seed)
     train_tasks = make_task_data(
         dataset.train_images, dataset.train_labels, stages, config.batch_size
@@ -174,6 +175,7 @@ def run_task_sequences(
     from spacenet_jax import multiseed
 
     check_dataset(config, dataset)
+    dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and at least one: {seeds}")
     resume_from = resume_from or {}
@@ -275,6 +277,13 @@ def _run_sequence(
     if test_images is None:
         test_images = jax.device_put(dataset.test_images)
     test_labels = np.asarray(dataset.test_labels)
+    validation = None  # (images on the device, labels, per-task indices)
+    if dataset.validation_images is not None:
+        validation = (
+            np.asarray(dataset.validation_images),
+            np.asarray(dataset.validation_labels),
+            task_indices(dataset.validation_labels, config.task_classes),
+        )
 
     logs = [_SeedLog() for _ in seeds]
     first = 0
@@ -332,6 +341,14 @@ def _run_sequence(
                 pred, test_labels, test_index, int(st.task)
             )
             log.add(row, pooled, task_il_row, free_neuron_counts(st), seconds)
+        if validation is not None:
+            images, labels, index = validation
+            for log, st, pred in zip(logs, singles, np.asarray(predict(states, images)),
+                                     strict=True):
+                (row, _), (task_il_row, _) = class_and_task_il_accuracies(
+                    pred, labels, index, int(st.task)
+                )
+                log.add_validation(row, task_il_row)
         if progress:
             rows = [[a for a in log.acc_matrix[-1] if a is not None] for log in logs]
             mean = np.mean([np.mean(r) for r in rows])
@@ -375,6 +392,7 @@ class _SeedLog:
         self.overall: list[float] = []
         self.free_neurons: list[list[int]] = []
         self.task_seconds: list[float] = []
+        self.validation: dict[str, list[list[float | None]]] | None = None
 
     def resume(self, record: dict[str, Any]) -> None:
         """Continue from ``record``. A record written before the task-incremental matrix
@@ -384,6 +402,18 @@ class _SeedLog:
         self.overall = [record["final_overall_acc"]]  # only the latest one enters the record
         self.free_neurons = [list(row) for row in record["free_neurons"]]
         self.task_seconds = list(record["seconds"]["per_task"])
+        if record.get("validation") is not None:
+            self.validation = {
+                key: [list(row) for row in record["validation"][key]]
+                for key in ("acc_matrix", "task_il_acc_matrix")
+            }
+
+    def add_validation(self, row: list[float | None], task_il_row: list[float | None]) -> None:
+        """One row of the validation set's class- and task-incremental matrices."""
+        if self.validation is None:
+            self.validation = {"acc_matrix": [], "task_il_acc_matrix": []}
+        self.validation["acc_matrix"].append(row)
+        self.validation["task_il_acc_matrix"].append(task_il_row)
 
     def add(
         self, row: list[float | None], pooled: float, task_il_row: list[float | None],
@@ -404,7 +434,28 @@ class _SeedLog:
             self.task_seconds, total_seconds, self.task_il_acc_matrix,
         )
         record["batch"] = list(batch)
+        if self.validation is not None:
+            record["validation"] = validation_summary(
+                self.validation["acc_matrix"], self.validation["task_il_acc_matrix"],
+                int(state.task),
+            )
         return record
+
+
+def validation_summary(
+    acc_rows: list[list[float | None]], task_il_rows: list[list[float | None]], learned: int
+) -> dict[str, Any]:
+    """``record["validation"]``: the validation set's accuracy matrices (class- and
+    task-incremental, one row per task learned, as the test set's) and their final averages."""
+    final = [float(a) for a in acc_rows[-1][:learned]]
+    final_task_il = [float(a) for a in task_il_rows[-1][:learned]]
+    return {
+        "acc_matrix": [list(row) for row in acc_rows],
+        "task_il_acc_matrix": [list(row) for row in task_il_rows],
+        "final_task_acc": final,
+        "final_avg_acc": float(np.mean(final)),
+        "final_task_il_avg_acc": float(np.mean(final_task_il)),
+    }
 
 
 def _task_il_rows(record: dict[str, Any]) -> list[list[float | None]]:
