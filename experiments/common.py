@@ -44,6 +44,7 @@ from spacenet_jax.config import (
     INFERENCE,
     METHODS,
     OUTPUT_COLUMNS,
+    TASK_SCORES,
     ConfigError,
     SpaceNetConfig,
     parse_int_list,
@@ -172,6 +173,9 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     h.add_argument("--inference", choices=list(INFERENCE), default=defaults.inference,
                    help="which network scores each task's classes (no task identity either "
                    "way): " + "; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
+    h.add_argument("--task-scores", choices=list(TASK_SCORES), default=defaults.task_scores,
+                   help="with --inference per_task, the scale on which each task's sub-network "
+                   "scores its classes: " + "; ".join(f"{k}: {v}" for k, v in TASK_SCORES.items()))
     h.add_argument("--validation", type=int, default=defaults.validation_per_class,
                    metavar="N", help="hold out N training examples per class as a validation "
                    "set, evaluated beside the test set after every task (choose settings on it, "
@@ -572,6 +576,7 @@ def main(
         config = dataclasses.replace(
             (make_config or config_from_args)(args, defaults),
             validation_per_class=args.validation, validation_seed=args.validation_seed,
+            task_scores=args.task_scores,
         )
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")

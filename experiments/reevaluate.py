@@ -31,11 +31,18 @@ from spacenet_jax.checkpoint import (
     restore_task,
     saved_tasks,
 )
-from spacenet_jax.config import INFERENCE, ConfigError, SpaceNetConfig
-from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
+from spacenet_jax.config import INFERENCE, TASK_SCORES, ConfigError, SpaceNetConfig
+from spacenet_jax.data import (
+    DatasetError,
+    ImageDataset,
+    hold_out_validation,
+    load_dataset,
+    task_indices,
+)
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
-from spacenet_jax.runner import free_neuron_counts, make_record
+from spacenet_jax.runner import free_neuron_counts, make_record, validation_summary
 from spacenet_jax.state import SpaceNetState
+from spacenet_jax.task_scores import empty_statistics, fit_task_statistics
 
 
 def with_task_biases(
@@ -55,35 +62,50 @@ def with_task_biases(
 
 
 def reevaluate_seed(
-    folder: Path, inference: str, dataset: ImageDataset
+    folder: Path, inference: str, dataset: ImageDataset, task_scores: str = "logits"
 ) -> dict[str, Any]:
-    """The record of one seed's run had it been evaluated with ``inference``."""
+    """The record of one seed's run had it been evaluated with ``inference`` and
+    ``task_scores`` (whose statistics are gathered from each task's own training examples, in
+    the state its checkpoint holds, as the run would have gathered them)."""
     meta = read_metadata(folder)
     saved_config = config_from_dict(meta["config"])
-    config = dataclasses.replace(saved_config, inference=inference)
+    config = dataclasses.replace(saved_config, inference=inference, task_scores=task_scores)
     seed, steps = meta["seed"], saved_tasks(folder)
     if steps != list(range(1, steps[-1] + 1)):
         raise CheckpointError(f"{folder} lacks some task checkpoints (it has {steps}); "
                               f"every task's checkpoint is needed")
-    test_index = task_indices(dataset.test_labels, config.task_classes)
-    labels = np.asarray(dataset.test_labels)
+    dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
+    train_index = task_indices(dataset.train_labels, config.task_classes)
+    splits = [(dataset.test_images, np.asarray(dataset.test_labels))]
+    if dataset.validation_images is not None:
+        splits.append((dataset.validation_images, np.asarray(dataset.validation_labels)))
     ended: list[SpaceNetState] = []
-    rows, task_il_rows, pooled, free = [], [], [], []
+    statistics = empty_statistics(config)
+    rows: list[list[list]] = [[] for _ in splits]  # per split, its class-IL rows
+    task_il_rows: list[list[list]] = [[] for _ in splits]
+    pooled, free = [], []
     for step in steps:
         state, record = restore_task(folder, saved_config, seed, step)
         ended.append(state)
-        state = with_task_biases(state, config, ended)
-        predictions = predict_in_chunks(state, config, dataset.test_images, with_tasks=True)
-        (row, overall), (task_il_row, _) = class_and_task_il_accuracies(
-            predictions, labels, test_index, int(state.task)
-        )
-        rows.append(row)
-        task_il_rows.append(task_il_row)
-        pooled.append(overall)
+        state = with_task_biases(state, config, ended).replace(task_statistics=statistics)
+        state = fit_task_statistics(state, config, dataset.train_images, dataset.train_labels,
+                                    train_index[step - 1], len(train_index[step - 1]), step - 1)
+        statistics = state.task_statistics
+        for i, (images, labels) in enumerate(splits):
+            predictions = predict_in_chunks(state, config, images, with_tasks=True)
+            (row, overall), (task_il_row, _) = class_and_task_il_accuracies(
+                predictions, labels, task_indices(labels, config.task_classes), int(state.task)
+            )
+            rows[i].append(row)
+            task_il_rows[i].append(task_il_row)
+            if i == 0:
+                pooled.append(overall)
         free.append(free_neuron_counts(state))
     seconds = record["seconds"]
-    new = make_record(meta["benchmark"], seed, config, rows, pooled, state, free,
-                      seconds["per_task"], seconds["total"], task_il_rows)
+    new = make_record(meta["benchmark"], seed, config, rows[0], pooled, state, free,
+                      seconds["per_task"], seconds["total"], task_il_rows[0])
+    if len(splits) > 1:
+        new["validation"] = validation_summary(rows[1], task_il_rows[1], int(state.task))
     new["reevaluated_from"] = str(folder)
     return new
 
@@ -93,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("checkpoint_dir", type=Path, help="the run's --checkpoint-dir")
     p.add_argument("--inference", choices=list(INFERENCE), required=True,
                    help="; ".join(f"{k}: {v}" for k, v in INFERENCE.items()))
+    p.add_argument("--task-scores", choices=list(TASK_SCORES), default="logits",
+                   help="with --inference per_task, the scale of each task's scores: "
+                   + "; ".join(f"{k}: {v}" for k, v in TASK_SCORES.items()))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, required=True, help="write OUT/results.json and a PNG")
     p.add_argument("--version", action="version", version=version_line())
@@ -105,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,
                                verbose=False)
-        runs = [reevaluate_seed(f, args.inference, dataset) for f in folders]
+        runs = [reevaluate_seed(f, args.inference, dataset, args.task_scores) for f in folders]
     except (CheckpointError, ConfigError, DatasetError) as err:
         refuse(str(err))
     prov = provenance(argv)

@@ -51,6 +51,16 @@ INFERENCE: dict[str, str] = {
     "connections of it and earlier tasks, with the biases it ended with (no drift)",
 }
 
+#: ``SpaceNetConfig.task_scores``: how per-task inference makes the tasks' scores comparable
+#: (``spacenet_jax.task_scores``).
+TASK_SCORES: dict[str, str] = {
+    "logits": "each task's raw logits (per-task inference as it is)",
+    "standardised": "each task's logits standardised by the mean and sd of its largest logit "
+    "on its own training images",
+    "mahalanobis": "the standardised logit plus the standardised Mahalanobis closeness of the "
+    "last hidden features to the class mean (statistics of the task's own training images)",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
@@ -91,6 +101,10 @@ class SpaceNetConfig:
         ended (kept in ``SpaceNetState.task_biases``), which later tasks never change: T forward
         passes instead of one, and every task's logits stay exactly what they were when it was
         learned. Training is the same. Only for the sparse methods that store output columns.
+      task_scores: one of ``TASK_SCORES``, with ``inference="per_task"`` only: the scale on
+        which each task's sub-network scores its classes (``spacenet_jax.task_scores``), from
+        statistics of the task's own training images gathered when it ends. ``"logits"``
+        (default) changes nothing.
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
@@ -124,6 +138,7 @@ class SpaceNetConfig:
     replay_per_task: int = 0
     output_columns: str = "stored"
     inference: str = "shared"
+    task_scores: str = "logits"
     learning_rate: float = 0.01
     momentum: float = 0.0
     batch_size: int = 128
@@ -300,6 +315,7 @@ FLAGS: dict[str, str] = {
     "replay_per_task": "--replay-per-task",
     "output_columns": "--output-columns",
     "inference": "--inference",
+    "task_scores": "--task-scores",
     "validation_per_class": "--validation",
     "validation_seed": "--validation-seed",
     "learning_rate": "--lr",
@@ -385,6 +401,13 @@ def validate(config: SpaceNetConfig) -> None:
         _fail(
             f"validation_per_class must be >= 0 (0 holds out nothing), got "
             f"{config.validation_per_class}"
+        )
+    if config.task_scores not in TASK_SCORES:
+        _fail(f"task_scores must be one of {', '.join(TASK_SCORES)}, got {config.task_scores!r}")
+    if config.task_scores != "logits" and config.inference != "per_task":
+        _fail(
+            f"task_scores={config.task_scores!r} rescales each task's sub-network scores, which "
+            f"only per-task inference has: add inference='per_task' (--inference per_task)"
         )
     if config.replay_per_task < 0:
         _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")

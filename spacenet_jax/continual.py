@@ -31,6 +31,7 @@ from spacenet_jax.output_layer import keep_reserved_output_inputs, store_output_
 from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import rewire
 from spacenet_jax.state import SpaceNetState, make_optimizer
+from spacenet_jax.task_scores import fit_task_statistics
 from spacenet_jax.training import EpochMetrics, train_epoch, train_epoch_stepwise
 
 Array = jax.Array
@@ -349,4 +350,6 @@ def learn_task(
         )
 
     state = run_epochs(state, config, one_epoch, task, on_epoch)
-    return end_task(state, config)
+    state = end_task(state, config)
+    return fit_task_statistics(state, config, data.images, data.labels, data.indices,
+                               data.num_examples, task)

@@ -38,6 +38,7 @@ from spacenet_jax.continual import (
 )
 from spacenet_jax.network import predict, predict_with_tasks
 from spacenet_jax.state import SpaceNetState
+from spacenet_jax.task_scores import fit_task_statistics
 
 Array = jax.Array
 Tree = TypeVar("Tree")
@@ -234,4 +235,6 @@ def learn_tasks(
         )
 
     states = run_epochs(states, config, one_epoch, task, on_epoch, seeds, to_host)
-    return end_tasks(states, config, mesh)
+    states = end_tasks(states, config, mesh)
+    return fit_task_statistics(states, config, data.images, data.labels, data.indices,
+                               data.num_examples, task, batched=True)

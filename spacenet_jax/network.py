@@ -9,6 +9,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from spacenet_jax import task_scores
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.layers import conv2d, max_pool_2x2
 from spacenet_jax.output_layer import inference_weights
@@ -47,20 +48,33 @@ def forward(
     The weights are zero wherever no task owns a connection (a whole kernel for conv layers), so
     the masked sparse network needs no explicit mask in the forward pass.
     """
+    return forward_with_features(weights, biases, x, config)[1]
+
+
+def forward_with_features(
+    weights: Sequence[Array],
+    biases: Sequence[Array],
+    x: Array,
+    config: SpaceNetConfig | None = None,
+) -> tuple[Array, Array]:
+    """``(features, logits)``: the last hidden layer's activations ``(B, layer_sizes[-2])``
+    (after the ReLU, flattened for a CNN without dense layers) and ``forward``'s logits."""
     conv_layers = config.conv_layers if config is not None else 0
     h = x
+    features = x
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if layer < conv_layers:
             h = conv2d(h, w, config.conv_padding[layer]) + b
         else:
             if h.ndim > 2:
                 h = h.reshape(h.shape[0], -1)
+            features = h
             h = h @ w + b
         if layer < len(weights) - 1:
             h = jax.nn.relu(h)
         if layer < conv_layers and layer in config.pool_after:
             h = max_pool_2x2(h)
-    return h
+    return features, h
 
 
 def seen_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:
@@ -97,7 +111,8 @@ def task_subnetwork_weights(
 
 def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Array) -> Array:
     """Logits ``(B, num_classes)`` of preprocessed inputs, each task's classes scored by the
-    sub-network it was learned in (``config.inference == "per_task"``).
+    sub-network it was learned in (``config.inference == "per_task"``), on the scale
+    ``config.task_scores`` names (``spacenet_jax.task_scores``; raw logits by default).
 
     One forward pass per task (``config.num_tasks`` in all, a static count); the columns of
     task t's classes come from ``task_subnetwork_weights(state, t)``. No task identity is
@@ -107,9 +122,21 @@ def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Arra
     logits = None
     for task in range(config.num_tasks):
         weights, biases = task_subnetwork_weights(state, task)
-        out = forward(weights, biases, x, config)
+        features, out = forward_with_features(weights, biases, x, config)
+        out = task_scores.class_scores(
+            config, state.task_statistics, task, task < state.task, features, out
+        )
         logits = out if logits is None else jnp.where(class_masks[task], out, logits)
     return logits
+
+
+def task_subnetwork_outputs(
+    state: SpaceNetState, config: SpaceNetConfig, images: Array, task: int | Array
+) -> tuple[Array, Array]:
+    """``(features, logits)`` of uint8 ``images`` ``(B, D)`` in task ``task``'s sub-network
+    (``task_subnetwork_weights``): its last hidden layer's activations and its raw logits."""
+    weights, biases = task_subnetwork_weights(state, task)
+    return forward_with_features(weights, biases, preprocess(images, config), config)
 
 
 def _logits(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:

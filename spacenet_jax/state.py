@@ -20,6 +20,7 @@ import optax
 from flax import struct
 
 from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.task_scores import empty_statistics
 
 Array = jax.Array
 
@@ -56,6 +57,9 @@ class SpaceNetState:
         ``(num_tasks, fan_out)``: row t holds the biases as they were when task t ended (zeros
         before); otherwise ``()``, so states and checkpoints of the paper's inference do not
         change.
+      task_statistics: with ``config.task_scores`` other than ``"logits"``, the statistics of
+        each finished task's own training images that put the tasks' scores on one scale
+        (``spacenet_jax.task_scores.empty_statistics`` lists them); otherwise ``()``.
       task: int32 scalar, index of the task being learned (or next to learn).
       opt_state: the optax state of the current task's optimiser.
       rng: uint32 ``(2,)`` PRNG key, advanced by every random operation.
@@ -70,6 +74,7 @@ class SpaceNetState:
     selected: tuple[Array, ...]
     saved_output_weights: Array
     task_biases: tuple[Array, ...]
+    task_statistics: tuple[Array, ...]
     task: Array
     opt_state: optax.OptState
     rng: Array
@@ -120,6 +125,7 @@ def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
         task_biases=tuple(
             jnp.zeros((config.num_tasks, s[-1]), jnp.float32) for s in shapes
         ) if config.inference == "per_task" else (),
+        task_statistics=empty_statistics(config),
         task=jnp.zeros((), jnp.int32),
         opt_state=make_optimizer(config).init((weights, biases)),
         rng=key,

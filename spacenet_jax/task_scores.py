@@ -1,0 +1,220 @@
+"""Scores that make the tasks' sub-networks comparable without task identity (per-task inference).
+
+Under ``inference="per_task"`` task t's classes are scored by the sub-network it was learned in,
+whose logits never change after t ends. Those sub-networks never saw each other's classes, so
+their raw logits are on different scales, and the class-incremental argmax is biased towards
+whichever task's logits run largest (the diagnosis in the README). ``config.task_scores``
+chooses how each task's classes are scored instead, from statistics of the task's *own*
+training data gathered when it ends (no other task's data, nothing stored but the statistics):
+
+* ``"logits"`` (default): the raw logits.
+* ``"standardised"``: ``(logit - mu_t) / sd_t``, with ``mu_t``, ``sd_t`` the mean and standard
+  deviation over task t's training images of its largest own-class logit. Within a task the
+  order is unchanged; across tasks a score says how typical the image is for that task.
+* ``"mahalanobis"``: the standardised logit plus a standardised closeness of the last hidden
+  layer's features ``h`` (``(D,)``, ``D = layer_sizes[-2]``) to the class:
+  ``-(d2_c(h) - m_t) / s_t`` with ``d2_c`` the squared Mahalanobis distance to class c's mean
+  under task t's pooled within-class covariance (shrunk by ``SHRINKAGE`` towards a multiple of
+  the identity), and ``m_t``, ``s_t`` the mean and sd of the nearest class's ``d2`` over task
+  t's training images (the feature-space outlier score of Lee et al., 2018, made comparable
+  across tasks by the same standardisation).
+
+The statistics live in ``SpaceNetState.task_statistics`` (see :func:`empty_statistics`);
+their memory is counted by :func:`statistics_size`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from spacenet_jax.config import SpaceNetConfig
+
+#: Shrinkage of the pooled covariance towards ``trace / D * I`` (keeps it invertible when some
+#: hidden units never fire on a task's images).
+SHRINKAGE = 1e-3
+#: Images per compiled chunk when statistics are gathered.
+CHUNK = 500
+
+
+def feature_width(config: SpaceNetConfig) -> int:
+    """``D``: units of the last hidden layer, whose activations the Mahalanobis score reads."""
+    return config.layer_sizes[-2]
+
+
+def empty_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
+    """Zeroed ``SpaceNetState.task_statistics`` for ``config.task_scores``.
+
+    * ``"logits"``: ``()``.
+    * ``"standardised"``: ``(logit_norm,)``, float32 ``(T, 2)``: per task, the mean and sd of
+      its largest own-class logit on its training images (zeros until the task ends).
+    * ``"mahalanobis"``: ``(logit_norm, class_means, precisions, distance_norm)``:
+      ``class_means`` ``(C, D)`` (row c: class c's mean features), ``precisions``
+      ``(T, D, D)`` (each task's inverse shrunk pooled covariance) and ``distance_norm``
+      ``(T, 2)`` (mean and sd of the nearest class's squared distance).
+    """
+    T = config.num_tasks
+    if config.task_scores == "logits":
+        return ()
+    logit_norm = jnp.zeros((T, 2), jnp.float32)
+    if config.task_scores == "standardised":
+        return (logit_norm,)
+    D, C = feature_width(config), config.num_classes
+    return (logit_norm, jnp.zeros((C, D), jnp.float32), jnp.zeros((T, D, D), jnp.float32),
+            jnp.zeros((T, 2), jnp.float32))
+
+
+def statistics_size(config: SpaceNetConfig) -> int:
+    """Float32 numbers the statistics of ``config.task_scores`` hold (0 for raw logits)."""
+    return int(sum(np.prod(a.shape) for a in jax.eval_shape(lambda: empty_statistics(config))))
+
+
+def class_scores(
+    config: SpaceNetConfig, statistics: tuple[Array, ...], task: int, ended: Array,
+    features: Array, logits: Array,
+) -> Array:
+    """Scores ``(B, C)`` of task ``task``'s sub-network output (only its classes' columns are
+    used by the caller): raw ``logits`` while the task has not ended (no statistics yet).
+
+    Args:
+      features: ``(B, D)`` last hidden layer activations; logits: ``(B, C)``.
+      ended: bool scalar, whether ``task`` has ended (its statistics are fitted).
+    """
+    if config.task_scores == "logits":
+        return logits
+    mean, sd = statistics[0][task, 0], statistics[0][task, 1]
+    scores = (logits - mean) / jnp.where(ended, sd, 1.0)
+    if config.task_scores == "mahalanobis":
+        _, class_means, precisions, distance_norm = statistics
+        d2 = squared_distances(features, class_means, precisions[task])  # (B, C)
+        mean_d2, sd_d2 = distance_norm[task, 0], distance_norm[task, 1]
+        scores = scores - (d2 - mean_d2) / jnp.where(ended, sd_d2, 1.0)
+    return jnp.where(ended, scores, logits)
+
+
+def squared_distances(features: Array, means: Array, precision: Array) -> Array:
+    """``(B, C)``: ``(h - mu_c)^T P (h - mu_c)`` for features ``(B, D)``, means ``(C, D)`` and
+    a precision ``(D, D)``, expanded so that no ``(B, C, D)`` array is formed."""
+    hp = features @ precision
+    mp = means @ precision
+    return (
+        jnp.sum(hp * features, -1, keepdims=True)
+        - 2.0 * hp @ means.T
+        + jnp.sum(mp * means, -1)[None, :]
+    )
+
+
+def _chunks(indices: np.ndarray, num_examples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The task's example indices in fixed-size chunks, each with a 0/1 weight (padding 0)."""
+    ix = np.asarray(indices)[..., :num_examples]
+    n = ix.shape[-1]
+    size = -(-n // CHUNK) * CHUNK
+    pad = [(0, 0)] * (ix.ndim - 1) + [(0, size - n)]
+    ix = np.pad(ix, pad)
+    weight = np.pad(np.ones(n, np.float32), (0, size - n))
+    return [(ix[..., s : s + CHUNK], weight[s : s + CHUNK]) for s in range(0, size, CHUNK)]
+
+
+@partial(jax.jit, static_argnames="config")
+def _first_moments(state, images, labels, ix, weight, *, config, task):
+    from spacenet_jax.network import task_subnetwork_outputs
+
+    features, logits = task_subnetwork_outputs(state, config, images[ix], task)
+    own = jnp.asarray(config.class_masks())[task]
+    largest = jnp.max(jnp.where(own, logits, -jnp.inf), -1)  # (B,)
+    onehot = jax.nn.one_hot(labels[ix], config.num_classes) * weight[:, None]  # (B, C)
+    return (
+        jnp.sum(weight), jnp.sum(weight * largest), jnp.sum(weight * largest**2),
+        onehot.sum(0), onehot.T @ features,
+    )
+
+
+@partial(jax.jit, static_argnames="config")
+def _scatter(state, images, labels, ix, weight, class_means, *, config, task):
+    from spacenet_jax.network import task_subnetwork_outputs
+
+    features, _ = task_subnetwork_outputs(state, config, images[ix], task)
+    centred = (features - class_means[labels[ix]]) * weight[:, None]
+    return centred.T @ centred
+
+
+@partial(jax.jit, static_argnames="config")
+def _distance_moments(state, images, labels, ix, weight, class_means, precision, *, config,
+                      task):
+    from spacenet_jax.network import task_subnetwork_outputs
+
+    features, _ = task_subnetwork_outputs(state, config, images[ix], task)
+    own = jnp.asarray(config.class_masks())[task]
+    d2 = squared_distances(features, class_means, precision)
+    nearest = jnp.min(jnp.where(own, d2, jnp.inf), -1)
+    return jnp.sum(weight * nearest), jnp.sum(weight * nearest**2)
+
+
+def _mean_sd(total: Array, total_sq: Array, count: Array) -> Array:
+    mean = total / count
+    return jnp.stack([mean, jnp.sqrt(jnp.maximum(total_sq / count - mean**2, 1e-12))])
+
+
+def _precision(scatter: Array, count: Array) -> Array:
+    """Inverse of the pooled within-class covariance, shrunk towards ``trace / D * I``."""
+    D = scatter.shape[0]
+    cov = scatter / count
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * jnp.trace(cov) / D * jnp.eye(D)
+    return jnp.linalg.inv(cov)
+
+
+def fit_task_statistics(
+    state, config: SpaceNetConfig, images: Array, labels: Array, indices: np.ndarray,
+    num_examples: int, task: int, *, batched: bool = False,
+):
+    """The state with task ``task``'s statistics gathered from its own training examples
+    ``images[indices[:num_examples]]``, in the sub-network it ended with.
+
+    Call it after ``end_task`` (the task's biases are kept, so its sub-network is final).
+    ``batched``: ``state`` has a leading seed axis and ``indices`` is ``(S, length)``
+    (``spacenet_jax.multiseed``). The examples are gathered in fixed chunks in sorted order, so
+    the result does not depend on the order of ``indices``.
+    """
+    if config.task_scores == "logits":
+        return state
+    indices = np.sort(np.asarray(indices)[..., :num_examples], axis=-1)
+    chunks = _chunks(indices, num_examples)
+
+    def over_seeds(fn, *per_seed):
+        """``fn(state, images, labels, ix, w, *per_seed)``, vmapped over seeds if batched."""
+        fn = partial(fn, config=config, task=jnp.asarray(task, jnp.int32))
+        if batched:
+            fn = jax.vmap(fn, in_axes=(0, None, None, 0, None) + (0,) * len(per_seed))
+        return lambda ix, w: fn(state, images, labels, ix, w, *per_seed)
+
+    first = over_seeds(_first_moments)
+    sums = None
+    for ix, w in chunks:
+        part = first(ix, w)
+        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    count, total, total_sq, class_count, class_sum = sums
+    ours = (slice(None), task) if batched else task
+    statistics = [jnp.asarray(a) for a in state.task_statistics]
+    norm = jnp.moveaxis(_mean_sd(total, total_sq, count), 0, -1)
+    statistics[0] = statistics[0].at[ours].set(norm)
+    if config.task_scores == "mahalanobis":
+        own = jnp.asarray(config.class_masks()[task])[:, None]
+        means = class_sum / jnp.maximum(class_count, 1.0)[..., None]
+        class_means = jnp.where(own, means, statistics[1])
+        scatter_of = over_seeds(_scatter, class_means)
+        scatter = sum(scatter_of(ix, w) for ix, w in chunks)
+        precision = (jax.vmap(_precision) if batched else _precision)(scatter, count)
+        moments_of = over_seeds(_distance_moments, class_means, precision)
+        moments = [moments_of(ix, w) for ix, w in chunks]
+        total_d2 = sum(m[0] for m in moments)
+        total_d2_sq = sum(m[1] for m in moments)
+        statistics[1] = class_means
+        statistics[2] = statistics[2].at[ours].set(precision)
+        statistics[3] = statistics[3].at[ours].set(
+            jnp.moveaxis(_mean_sd(total_d2, total_d2_sq, count), 0, -1)
+        )
+    return state.replace(task_statistics=tuple(statistics))

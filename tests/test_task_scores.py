@@ -1,0 +1,151 @@
+"""Task scores (``config.task_scores``): per-task inference on one scale, from statistics of each
+task's own training images, gathered when it ends and never changed afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY, TINY_CNN, host, synthetic_dataset
+
+from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
+from spacenet_jax.config import ConfigError
+from spacenet_jax.data import task_indices
+from spacenet_jax.network import predict_with_tasks, task_subnetwork_outputs
+from spacenet_jax.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.task_scores import SHRINKAGE, fit_task_statistics, statistics_size
+
+PER_TASK = dataclasses.replace(TINY, inference="per_task")
+MAHALANOBIS = dataclasses.replace(PER_TASK, task_scores="mahalanobis")
+STANDARDISED = dataclasses.replace(PER_TASK, task_scores="standardised")
+
+
+def _data(config):
+    dim = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
+    return synthetic_dataset(dim=dim)
+
+
+def _run(config, data, seed=0):
+    states = []
+    state, record = run_task_sequence(
+        config, data, seed, progress=False,
+        on_task_end=lambda task, s, rec: states.append(host(s)),
+    )
+    return host(state), record, states
+
+
+@pytest.mark.parametrize("config", [MAHALANOBIS, dataclasses.replace(
+    TINY_CNN, inference="per_task", task_scores="mahalanobis")], ids=["mlp", "cnn"])
+def test_statistics_are_those_of_each_tasks_own_training_images(config):
+    """Recomputed with numpy from the task's examples in the sub-network it ended with."""
+    data = _data(config)
+    state, _, states = _run(config, data)
+    logit_norm, class_means, precisions, distance_norm = state.task_statistics
+    index = task_indices(data.train_labels, config.task_classes)
+    for t, classes in enumerate(config.task_classes):
+        images, labels = data.train_images[index[t]], data.train_labels[index[t]]
+        h, logits = (np.asarray(a, np.float64) for a in
+                     task_subnetwork_outputs(states[t], config, images, t))
+        largest = logits[:, list(classes)].max(1)
+        np.testing.assert_allclose(logit_norm[t], [largest.mean(), largest.std()], rtol=1e-4,
+                                   atol=1e-5)
+        means = np.stack([h[labels == c].mean(0) for c in classes])
+        np.testing.assert_allclose(class_means[list(classes)], means, rtol=1e-4, atol=1e-5)
+        centred = h - class_means[labels].astype(np.float64)
+        cov = centred.T @ centred / len(h)
+        D = cov.shape[0]
+        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.trace(cov) / D * np.eye(D)
+        np.testing.assert_allclose(cov @ precisions[t], np.eye(D), atol=1e-2)
+        d = h[:, None, :] - means[None]
+        d2 = np.einsum("nkd,de,nke->nk", d, np.asarray(precisions[t], np.float64), d)
+        nearest = d2.min(1)
+        np.testing.assert_allclose(distance_norm[t], [nearest.mean(), nearest.std()],
+                                   rtol=2e-3)
+    assert statistics_size(config) == sum(a.size for a in state.task_statistics)
+
+
+def test_a_tasks_statistics_never_change_after_it_ends():
+    data = _data(MAHALANOBIS)
+    _, _, states = _run(MAHALANOBIS, data)
+    for t in range(MAHALANOBIS.num_tasks):
+        classes = list(MAHALANOBIS.task_classes[t])
+        for later in states[t + 1:]:
+            for leaf in (0, 2, 3):  # per-task rows
+                np.testing.assert_array_equal(later.task_statistics[leaf][t],
+                                              states[t].task_statistics[leaf][t])
+            np.testing.assert_array_equal(later.task_statistics[1][classes],
+                                          states[t].task_statistics[1][classes])
+
+
+def test_training_is_unchanged_and_standardising_keeps_each_tasks_ranking():
+    """The scores change prediction only: the same weights as plain per-task inference, the
+    same task-incremental predictions (standardising is monotone within a task)."""
+    data = _data(PER_TASK)
+    plain, plain_record, _ = _run(PER_TASK, data)
+    for config in (STANDARDISED, MAHALANOBIS):
+        scored, record, _ = _run(config, data)
+        for a, b in zip(jax.tree.leaves(plain.weights), jax.tree.leaves(scored.weights),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    scored, record, _ = _run(STANDARDISED, data)
+    assert record["task_il_acc_matrix"] == plain_record["task_il_acc_matrix"]
+    with_tasks = np.asarray(predict_with_tasks(scored, STANDARDISED, data.test_images))
+    plain_tasks = np.asarray(predict_with_tasks(plain, PER_TASK, data.test_images))
+    np.testing.assert_array_equal(with_tasks[:, 1:], plain_tasks[:, 1:])
+
+
+def test_fit_does_not_depend_on_the_order_of_the_examples():
+    data = _data(MAHALANOBIS)
+    _, _, states = _run(MAHALANOBIS, data)
+    index = task_indices(data.train_labels, MAHALANOBIS.task_classes)[0]
+    before = states[0].replace(task_statistics=jax.tree.map(np.zeros_like,
+                                                            states[0].task_statistics))
+    fit = lambda ix: fit_task_statistics(  # noqa: E731
+        before, MAHALANOBIS, data.train_images, data.train_labels, ix, len(ix), 0)
+    shuffled = np.random.default_rng(0).permutation(index)
+    for a, b in zip(fit(index).task_statistics, fit(shuffled).task_statistics, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_vmapped_seeds_give_each_seeds_statistics_and_record():
+    data = _data(MAHALANOBIS)
+    batched = run_task_sequences(MAHALANOBIS, data, [1, 2], progress=False)
+    for seed, (state, record) in zip([1, 2], batched, strict=True):
+        single, single_record, _ = _run(MAHALANOBIS, data, seed)
+        assert record["acc_matrix"] == single_record["acc_matrix"]
+        for a, b in zip(host(state).task_statistics, single.task_statistics, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_needs_per_task_inference_and_a_known_rule():
+    with pytest.raises(ConfigError, match=r"only per-task inference has.*--inference per_task"):
+        dataclasses.replace(TINY, task_scores="standardised")
+    with pytest.raises(ConfigError, match="task_scores must be one of logits, standardised"):
+        dataclasses.replace(PER_TASK, task_scores="energy")
+    assert statistics_size(PER_TASK) == 0
+    assert statistics_size(STANDARDISED) == 2 * TINY.num_tasks
+    D, T, C = TINY.layer_sizes[-2], TINY.num_tasks, TINY.num_classes
+    assert statistics_size(MAHALANOBIS) == 2 * T + C * D + T * D * D + 2 * T
+
+
+def test_checkpoints_keep_the_statistics_and_reevaluation_reproduces_the_run(tmp_path):
+    from experiments.reevaluate import reevaluate_seed
+
+    data = _data(MAHALANOBIS)
+    with TaskCheckpointer(tmp_path / "a", MAHALANOBIS, 0, benchmark="synthetic") as ck:
+        state, direct = run_task_sequence(MAHALANOBIS, data, 0, progress=False, on_task_end=ck,
+                                          benchmark="synthetic")
+    restored, _ = restore_task(seed_dir(tmp_path / "a", 0), MAHALANOBIS, 0,
+                               benchmark="synthetic")
+    for a, b in zip(host(state).task_statistics, restored.task_statistics, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A run made with raw logits, rescored from its checkpoints, is the run made with the rule.
+    with TaskCheckpointer(tmp_path / "b", PER_TASK, 0, benchmark="synthetic") as ck:
+        run_task_sequence(PER_TASK, data, 0, progress=False, on_task_end=ck,
+                          benchmark="synthetic")
+    record = reevaluate_seed(seed_dir(tmp_path / "b", 0), "per_task", data, "mahalanobis")
+    drop = ("seconds", "reevaluated_from", "benchmark", "batch")
+    assert {k: v for k, v in record.items() if k not in drop} == {
+        k: v for k, v in direct.items() if k not in drop}
