@@ -53,6 +53,15 @@ from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, hold_out_validation, load_dataset
 from spacenet_jax.folder_lock import FolderLockError, lock_folder, releases_locks
 
+#: Dataset (a ``spacenet_jax.data.load_dataset`` name) of each benchmark, for checkpoints that
+#: do not name theirs.
+BENCHMARK_DATASETS: dict[str, str] = {
+    "split_mnist": "mnist",
+    "split_fashion_mnist": "fashion_mnist",
+    "split_cifar10": "cifar10",
+    "cifar10_100": "cifar10_100",
+}
+
 
 def parse_seeds(text: str) -> list[int]:
     """'3' -> [3]; '0-4' -> [0, 1, 2, 3, 4]; '0,3,7' -> [0, 3, 7]; '0-2,5' -> [0, 1, 2, 5]."""

@@ -219,8 +219,9 @@ def make_figures(
     Raises:
       FiguresError: no readable ``results.json``, or no run of ``seed``.
     """
+    from experiments.common import BENCHMARK_DATASETS
     from spacenet_jax import analysis, plots
-    from spacenet_jax.checkpoint import BENCHMARK_DATASETS, CheckpointError, config_from_dict
+    from spacenet_jax.checkpoint import CheckpointError, config_from_dict
     from spacenet_jax.config import ConfigError
 
     run_dir = Path(run_dir)

@@ -52,13 +52,6 @@ from spacenet_jax.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
 FORMAT_VERSION = 1
-#: Dataset (for ``spacenet_jax.data.load_dataset``) of each benchmark.
-BENCHMARK_DATASETS: dict[str, str] = {
-    "split_mnist": "mnist",
-    "split_fashion_mnist": "fashion_mnist",
-    "split_cifar10": "cifar10",
-    "cifar10_100": "cifar10_100",
-}
 _SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
@@ -213,7 +206,7 @@ class TaskCheckpointer:
         self.config = config
         self.seed = seed
         self.benchmark = benchmark
-        self.dataset = dataset if dataset is not None else BENCHMARK_DATASETS.get(benchmark)
+        self.dataset = dataset
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._manager = _manager(self.directory, create=True)

@@ -59,8 +59,11 @@ __all__ = [
 MNIST_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist")
 #: The datasets read from the publisher's binary batches (32x32 RGB images).
 CIFAR_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+#: Datasets made of others: ``"cifar10_100"``, CIFAR-10 then CIFAR-100's classes 0-49 as 10-59
+#: (the paper's CIFAR-10/100, :func:`combine_cifar10_100`).
+COMBINED_DATASETS: tuple[str, ...] = ("cifar10_100",)
 #: Every name :func:`load_dataset` accepts.
-SUPPORTED: tuple[str, ...] = MNIST_DATASETS + CIFAR_DATASETS
+SUPPORTED: tuple[str, ...] = MNIST_DATASETS + CIFAR_DATASETS + COMBINED_DATASETS
 
 CANONICAL_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte.gz",
@@ -165,6 +168,31 @@ class ImageDataset:
     image_shape: tuple[int, int, int] = MNIST_IMAGE_SHAPE
     validation_images: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
+
+
+def combine_cifar10_100(cifar10: ImageDataset, cifar100: ImageDataset) -> ImageDataset:
+    """One dataset: CIFAR-10 as classes 0-9 and CIFAR-100's classes 0-49 as 10-59.
+
+    CIFAR-100 classes 50-99 are not part of the benchmark and are left out.
+    """
+    if cifar10.num_classes != 10 or cifar100.num_classes != 100:
+        raise ValueError(
+            f"expected CIFAR-10 (10 classes) and CIFAR-100 (100 classes), got "
+            f"{cifar10.name} ({cifar10.num_classes}) and {cifar100.name} "
+            f"({cifar100.num_classes})"
+        )
+
+    def join(x10, y10, x100, y100):
+        keep = y100 < 50
+        images = np.concatenate([x10, x100[keep]])
+        labels = np.concatenate([y10, y100[keep] + 10]).astype(np.int32)
+        return images, labels
+
+    train = join(cifar10.train_images, cifar10.train_labels,
+                 cifar100.train_images, cifar100.train_labels)
+    test = join(cifar10.test_images, cifar10.test_labels,
+                cifar100.test_images, cifar100.test_labels)
+    return ImageDataset("cifar10_100", *train, *test, 60, image_shape=cifar10.image_shape)
 
 
 def hold_out_validation(dataset: ImageDataset, per_class: int, seed: int = 0) -> ImageDataset:
@@ -276,6 +304,9 @@ def load_dataset(
         raise DatasetError(
             f"unknown dataset {name!r}: supported datasets are {', '.join(SUPPORTED)}"
         )
+    if name == "cifar10_100":
+        return combine_cifar10_100(load_dataset("cifar10", data_dir, verbose=verbose),
+                                   load_dataset("cifar100", data_dir, verbose=verbose))
 
     folder = resolve_data_dir(data_dir)
     files = [] if folder is None else _source_files(name, folder)

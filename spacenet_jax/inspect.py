@@ -109,11 +109,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def load_checkpoint_dataset(name: str, data_dir: str | None) -> ImageDataset:
-    """The dataset named in a checkpoint (``cifar10_100`` is the experiments' combination)."""
-    if name == "cifar10_100":
-        from experiments.cifar10_100 import load_cifar10_100
-
-        return load_cifar10_100(data_dir, True)
+    """The dataset named in a checkpoint (any name ``load_dataset`` accepts)."""
     return load_dataset(name, data_dir, verbose=False)
 
 
