@@ -23,7 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from spacenet_jax.config import SpaceNetConfig, describe_differences, with_default_fields
+from spacenet_jax.config import (
+    SpaceNetConfig,
+    as_saved,
+    describe_differences,
+    with_default_fields,
+)
 
 #: Keys every run of a ``results.json`` must have (and their types) to be kept or resumed.
 RUN_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -125,7 +130,7 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
     problem = _structure_problem(payload)
     if problem is not None:
         refuse(f"{path} is not a results.json ({problem}); move it away or choose another --out")
-    want = json.loads(json.dumps(config.to_dict()))
+    want = as_saved(config)
     for run in payload["runs"]:
         saved = with_default_fields(run["config"])
         if run["benchmark"] != benchmark or saved != want:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.topk import top_k_mask
 
 Array = jax.Array
 
@@ -37,8 +38,7 @@ def random_subset(key: Array, candidates: Array, k: int) -> tuple[Array, Array]:
       fewer than ``k`` candidates; callers report it as an error).
     """
     scores = jnp.where(candidates, jax.random.uniform(key, candidates.shape), -1.0)
-    _, index = jax.lax.top_k(scores.reshape(-1), k)
-    chosen = jnp.zeros(candidates.size, bool).at[index].set(True).reshape(candidates.shape)
+    chosen = top_k_mask(scores, k)
     shortfall = jnp.sum(chosen & ~candidates, dtype=jnp.int32)
     return chosen, shortfall
 

@@ -47,7 +47,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig, describe_differences, with_default_fields
+from spacenet_jax.config import (
+    SpaceNetConfig,
+    as_saved,
+    describe_differences,
+    with_default_fields,
+)
 from spacenet_jax.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
@@ -152,11 +157,6 @@ def _from_stored_tree(tree: dict[str, Any], template: SpaceNetState) -> SpaceNet
     return template.replace(**tree)
 
 
-def _config_dict(config: SpaceNetConfig) -> dict[str, Any]:
-    """``config.to_dict()`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(config.to_dict()))
-
-
 def meta_checksum(meta: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON (sorted keys, no spaces) of ``meta`` without its own
     ``meta_sha256``: covers the task record, configuration, seed, benchmark and leaf hashes."""
@@ -237,7 +237,7 @@ class TaskCheckpointer:
             "dataset": self.dataset,
             "seed": self.seed,
             "tasks_learned": step,
-            "config": _config_dict(self.config),
+            "config": as_saved(self.config),
             "record": json.loads(json.dumps(record)),
             "leaf_sha256": _leaf_checksums(host),
         }
@@ -457,7 +457,7 @@ def check_compatible(
 ) -> None:
     """Refuse metadata of another configuration, seed or benchmark, naming what differs."""
     saved = with_default_fields(meta.get("config", {}))
-    wanted = _config_dict(config)
+    wanted = as_saved(config)
     diffs = describe_differences(saved, wanted, "checkpoint")
     if diffs:
         raise CheckpointError(

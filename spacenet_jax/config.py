@@ -346,6 +346,18 @@ def describe_differences(saved: dict, wanted: dict, saved_as: str = "saved") -> 
     return items
 
 
+def as_saved(config: SpaceNetConfig) -> dict:
+    """``config.to_dict()`` as JSON gives it back (tuples as lists): the form in which
+    configurations are written to checkpoints and ``results.json`` and compared with saved
+    ones (after ``with_default_fields``)."""
+    return json_ready(config.to_dict())
+
+
+def matches_saved(config: SpaceNetConfig, saved: object) -> bool:
+    """Whether a saved configuration (a JSON dict, perhaps of an older version) is ``config``."""
+    return with_default_fields(json_ready(saved)) == as_saved(config)
+
+
 def with_default_fields(saved: dict) -> dict:
     """A saved ``to_dict()`` (JSON) with every field it lacks set to today's default, so that
     results and checkpoints written before a field existed still match a run that leaves the

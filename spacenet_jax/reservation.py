@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.importance import neuron_importance
 from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.topk import top_k_mask
 
 Array = jax.Array
 
@@ -36,7 +37,6 @@ def reserve_neurons(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetSta
             owners.append(owner)
             continue
         scores = jnp.where(candidates, a[h + 1], -jnp.inf)
-        _, index = jax.lax.top_k(scores, spec)
-        reserved = jnp.zeros(owner.shape, bool).at[index].set(True) & candidates
+        reserved = top_k_mask(scores, spec) & candidates
         owners.append(jnp.where(reserved, state.task.astype(owner.dtype), owner))
     return state.replace(neuron_owner=tuple(owners))

@@ -24,13 +24,9 @@ from spacenet_jax.allocation import layer_inputs
 from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.importance import neuron_importance
 from spacenet_jax.state import FREE, SpaceNetState, make_optimizer
+from spacenet_jax.topk import top_k_mask
 
 Array = jax.Array
-
-
-def _top_k_mask(scores: Array, k: int) -> Array:
-    _, index = jax.lax.top_k(scores.reshape(-1), k)
-    return jnp.zeros(scores.size, bool).at[index].set(True).reshape(scores.shape)
 
 
 def drop_connections(
@@ -51,7 +47,7 @@ def drop_connections(
       ``(k, k, in_maps, out_maps)``: whole kernels are dropped.
     """
     current = owner == task
-    dropped = _top_k_mask(-jnp.where(current, importance, jnp.inf), k) & current
+    dropped = top_k_mask(-jnp.where(current, importance, jnp.inf), k) & current
     owner = jnp.where(dropped, jnp.asarray(FREE, owner.dtype), owner)
     return owner, jnp.where(dropped, 0.0, weights), dropped
 
@@ -90,7 +86,7 @@ def grow_connections(
       were not valid candidates: non-zero only if fewer than ``k`` free positions existed.
     """
     candidates = in_selected[:, None] & out_selected[None, :] & (owner == FREE) & ~excluded
-    grown = _top_k_mask(grow_scores(in_importance, out_importance, candidates), k)
+    grown = top_k_mask(grow_scores(in_importance, out_importance, candidates), k)
     shortfall = jnp.sum(grown & ~candidates, dtype=jnp.int32)
     grown = grown & candidates
     owner = jnp.where(grown, task.astype(owner.dtype), owner)

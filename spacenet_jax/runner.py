@@ -7,7 +7,6 @@ per task and layer, free neurons per hidden layer after each task, and wall-cloc
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spacenet_jax import metrics
-from spacenet_jax.config import ConfigError, SpaceNetConfig, with_default_fields
+from spacenet_jax.config import ConfigError, SpaceNetConfig, matches_saved
 from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.data import ImageDataset, hold_out_validation, task_indices
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
@@ -471,9 +470,7 @@ def _check_resume(
     config: SpaceNetConfig, seed: int, benchmark: str, state: SpaceNetState, done: dict[str, Any]
 ) -> None:
     """Refuse a partial record that is not an earlier point of this very run."""
-    same_config = with_default_fields(json.loads(json.dumps(done.get("config")))) == json.loads(
-        json.dumps(config.to_dict())
-    )
+    same_config = matches_saved(config, done.get("config"))
     if not same_config or done.get("seed") != seed or done.get("benchmark") != benchmark:
         raise ConfigError(
             f"cannot resume {benchmark} seed {seed} from a record of {done.get('benchmark')} "
