@@ -40,8 +40,8 @@ from spacenet_jax.data import (
     task_indices,
 )
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
-from spacenet_jax.runner import free_neuron_counts, make_record, validation_summary
-from spacenet_jax.state import SpaceNetState
+from spacenet_jax.runner import make_record, validation_summary
+from spacenet_jax.state import SpaceNetState, free_neuron_counts
 from spacenet_jax.task_scores import empty_statistics, fit_task_statistics
 
 

@@ -11,7 +11,9 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
 * ``importance``   -- Eq. 4: neuron importance from connection importance;
 * ``rewiring``     -- Algorithm 3 / Eq. 5: drop and grow;
 * ``reservation``  -- Algorithm 4: reserve each task's most important neurons;
+* ``topk``         -- the top k of a score array as a mask (allocation, rewiring, reservation);
 * ``output_layer`` -- store a finished task's output columns, restore them for prediction;
+* ``task_scores``  -- per-task inference on one scale: statistics of each task's own data;
 * ``stages``       -- what each training stage sees (rehearsal's replay, joint's pooling);
 * ``continual``    -- Algorithm 1: begin, learn and end a task (an epoch and its rewiring as
   one compiled program);

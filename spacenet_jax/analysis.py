@@ -30,9 +30,9 @@ import numpy as np
 
 from spacenet_jax.config import ConfigError, SpaceNetConfig
 from spacenet_jax.continual import begin_task
-from spacenet_jax.network import preprocess
+from spacenet_jax.network import layer_outputs, preprocess
 from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.state import FREE, SpaceNetState, connections_used
 
 __all__ = [
     "capacity",
@@ -96,13 +96,10 @@ def hidden_activations(
             f"images of shape {np.shape(images)} do not fit the network's "
             f"{config.layer_sizes[0]} inputs; pass flat uint8 images (N, {config.layer_sizes[0]})"
         )
-    weights = inference_weights(state)
-    h = preprocess(jnp.asarray(images), config)
-    out = []
-    for w, b in zip(weights[:-1], state.biases[:-1], strict=True):
-        h = jax.nn.relu(h @ w + b)
-        out.append(np.asarray(h, np.float32))
-    return out
+    hidden, _, _ = layer_outputs(
+        inference_weights(state), state.biases, preprocess(jnp.asarray(images), config), config
+    )
+    return [np.asarray(h, np.float32) for h in hidden]
 
 
 def pick_class_examples(
@@ -333,7 +330,7 @@ def capacity(state: SpaceNetState, config: SpaceNetConfig) -> dict[str, Any]:
         reserved.append(int(is_reserved.sum()))
         shared.append(int((~is_reserved & carrying).sum()))
         free.append(int((~is_reserved & ~carrying).sum()))
-    used = [int((o != FREE).sum()) for o in owners]
+    used = connections_used(host)
     positions = [int(o.size) for o in owners]
     return {
         "tasks_learned": learned,

@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.layers import conv2d, max_pool_2x2
-from spacenet_jax.network import preprocess
+from spacenet_jax.network import layer_outputs, preprocess
 from spacenet_jax.output_layer import inference_weights
 from spacenet_jax.state import FREE, SpaceNetState
 
@@ -36,21 +35,10 @@ __all__ = ["head_competition", "reachable_units", "unit_activations", "unit_drif
 def _unit_activations_batch(
     state: SpaceNetState, config: SpaceNetConfig, images: jax.Array
 ) -> tuple[list[jax.Array], jax.Array]:
-    weights, biases = inference_weights(state), state.biases
-    h = preprocess(images, config)
-    units = []
-    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        if layer < config.conv_layers:
-            h = conv2d(h, w, config.conv_padding[layer]) + b
-        else:
-            h = h.reshape(h.shape[0], -1) @ w + b
-        if layer == len(weights) - 1:
-            break
-        h = jax.nn.relu(h)
-        units.append(jnp.mean(h, axis=(1, 2)) if h.ndim == 4 else h)
-        if layer < config.conv_layers and layer in config.pool_after:
-            h = max_pool_2x2(h)
-    return units, h
+    hidden, _, logits = layer_outputs(
+        inference_weights(state), state.biases, preprocess(images, config), config
+    )
+    return [jnp.mean(h, axis=(1, 2)) if h.ndim == 4 else h for h in hidden], logits
 
 
 _jit_unit_activations = jax.jit(_unit_activations_batch, static_argnames="config")

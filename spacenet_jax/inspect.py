@@ -31,8 +31,13 @@ from spacenet_jax.config import SpaceNetConfig
 from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
 from spacenet_jax.evaluation import evaluate_tasks
 from spacenet_jax.metrics import percent
-from spacenet_jax.runner import connection_counts, free_neuron_counts
-from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.state import (
+    SpaceNetState,
+    connection_counts,
+    connections_used,
+    free_neuron_counts,
+    reserved_neuron_counts,
+)
 
 
 def checkpoint_report(
@@ -54,7 +59,6 @@ def checkpoint_report(
     state, record = restore_task(directory, config, seed, step)
     host = jax.device_get(state)
     learned = int(host.task)
-    owners = [np.asarray(o) for o in host.neuron_owner]
     report = {
         "directory": str(directory),
         "task": step,
@@ -67,13 +71,9 @@ def checkpoint_report(
         "tasks_learned": learned,
         "num_tasks": config.num_tasks,
         "connections_per_task": connection_counts(host, learned) if config.sparse else None,
-        "connections_used": [
-            int(np.sum(np.asarray(o) != FREE)) for o in host.connection_owner
-        ],
+        "connections_used": connections_used(host),
         "free_neurons": free_neuron_counts(host),
-        "reserved_neurons": [
-            [int(np.sum(o == t)) for o in owners] for t in range(learned)
-        ],
+        "reserved_neurons": reserved_neuron_counts(host, learned),
         "hidden_sizes": list(config.layer_sizes[1:-1]),
         "acc_matrix": record["acc_matrix"],
     }

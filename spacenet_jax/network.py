@@ -57,24 +57,50 @@ def forward_with_features(
     x: Array,
     config: SpaceNetConfig | None = None,
 ) -> tuple[Array, Array]:
-    """``(features, logits)``: the last hidden layer's activations ``(B, layer_sizes[-2])``
-    (after the ReLU, flattened for a CNN without dense layers) and ``forward``'s logits."""
+    """``(features, logits)``: the output layer's input ``(B, fan_in_L)`` (the last hidden
+    layer's ReLU activations, pooled and flattened for a CNN without dense layers) and
+    ``forward``'s logits."""
+    hidden, features, logits = layer_outputs(weights, biases, x, config)
+    del hidden
+    return features, logits
+
+
+def flatten_features(h: Array) -> Array:
+    """Conv activations ``(B, H, W, C)`` -> ``(B, H * W * C)`` in HWC order: flattened feature
+    ``i`` belongs to feature map ``i % C`` (``SpaceNetConfig.input_units`` says the same)."""
+    return h.reshape(h.shape[0], -1)
+
+
+def layer_outputs(
+    weights: Sequence[Array],
+    biases: Sequence[Array],
+    x: Array,
+    config: SpaceNetConfig | None = None,
+) -> tuple[list[Array], Array, Array]:
+    """The network's pass, layer by layer: ``(hidden, features, logits)``.
+
+    ``hidden``: per hidden unit layer, its ReLU activations (conv: ``(B, H, W, maps)`` before any
+    pooling; dense: ``(B, units)``); ``features``: the output layer's input; ``logits``:
+    ``(B, num_classes)``. ``forward`` and every analysis of activations go through here.
+    """
     conv_layers = config.conv_layers if config is not None else 0
     h = x
+    hidden: list[Array] = []
     features = x
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if layer < conv_layers:
             h = conv2d(h, w, config.conv_padding[layer]) + b
         else:
             if h.ndim > 2:
-                h = h.reshape(h.shape[0], -1)
+                h = flatten_features(h)
             features = h
             h = h @ w + b
         if layer < len(weights) - 1:
             h = jax.nn.relu(h)
+            hidden.append(h)
         if layer < conv_layers and layer in config.pool_after:
             h = max_pool_2x2(h)
-    return features, h
+    return hidden, features, h
 
 
 def seen_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:

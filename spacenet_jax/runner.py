@@ -24,27 +24,19 @@ from spacenet_jax.data import ImageDataset, hold_out_validation, task_indices
 from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
 from spacenet_jax.inputs import check_images, check_labels
 from spacenet_jax.stages import training_stages
-from spacenet_jax.state import FREE, SpaceNetState, init_state
+from spacenet_jax.state import (
+    SpaceNetState,
+    connection_counts,
+    connections_used,
+    free_neuron_counts,
+    init_state,
+)
 
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
 #: ``(seed, task, state, partial_record)``, called for every seed of a batch after each task.
 SeedTaskEndCallback = Callable[[int, int, SpaceNetState, dict[str, Any]], None]
 #: ``(seed, task, epoch, loss, train_accuracy)``, called for every seed after each epoch.
 EpochEndCallback = Callable[[int, int, int, float, float], None]
-
-
-def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
-    """``[task][layer]``: how many connections each task owns in each weight matrix."""
-    counts = []
-    owners = [np.asarray(o) for o in jax.device_get(state.connection_owner)]
-    for t in range(num_tasks):
-        counts.append([int(np.sum(o == t)) for o in owners])
-    return counts
-
-
-def free_neuron_counts(state: SpaceNetState) -> list[int]:
-    """Free (unreserved) neurons per hidden layer."""
-    return [int(np.sum(np.asarray(o) == FREE)) for o in jax.device_get(state.neuron_owner)]
 
 
 def check_dataset(config: SpaceNetConfig, dataset: ImageDataset) -> None:
@@ -523,7 +515,7 @@ def make_record(
         "avg_forgetting": None,
         "backward_transfer": None,
         "connections_per_task": connection_counts(state, learned) if config.sparse else None,
-        "connections_used": [int(np.sum(np.asarray(o) != FREE)) for o in state.connection_owner],
+        "connections_used": connections_used(state),
         "free_neurons": free_neurons,
         "seconds": {"total": total_seconds, "per_task": task_seconds},
     }

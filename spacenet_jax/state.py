@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -130,3 +131,33 @@ def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
         opt_state=make_optimizer(config).init((weights, biases)),
         rng=key,
     )
+
+
+# ---- counts of owners (host side, for records, reports and figures) ---------------------------
+
+
+def _owner_arrays(owners: tuple[Array, ...]) -> list[np.ndarray]:
+    return [np.asarray(o) for o in jax.device_get(owners)]
+
+
+def connection_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
+    """``[task][layer]``: how many connections each of tasks ``0..num_tasks-1`` owns in each
+    weight matrix (kernels for conv layers)."""
+    owners = _owner_arrays(state.connection_owner)
+    return [[int(np.sum(o == t)) for o in owners] for t in range(num_tasks)]
+
+
+def connections_used(state: SpaceNetState) -> list[int]:
+    """Per weight matrix, the positions owned by any task."""
+    return [int(np.sum(o != FREE)) for o in _owner_arrays(state.connection_owner)]
+
+
+def free_neuron_counts(state: SpaceNetState) -> list[int]:
+    """Per hidden layer, the neurons (feature maps) no task has reserved."""
+    return [int(np.sum(o == FREE)) for o in _owner_arrays(state.neuron_owner)]
+
+
+def reserved_neuron_counts(state: SpaceNetState, num_tasks: int) -> list[list[int]]:
+    """``[task][hidden layer]``: the neurons each of tasks ``0..num_tasks-1`` reserved."""
+    owners = _owner_arrays(state.neuron_owner)
+    return [[int(np.sum(o == t)) for o in owners] for t in range(num_tasks)]

@@ -87,3 +87,37 @@ def test_the_import_walk_sees_lazy_and_package_imports(tmp_path, source, expecte
     path = tmp_path / "m.py"
     path.write_text(source)
     assert imports_of(path) == expected
+
+
+def test_flatten_order_matches_the_feature_map_of_every_mask_row():
+    """Perturb one feature map of a real conv output; exactly the flattened inputs that
+    ``config.input_units`` assigns to that map change (so the masks of the first dense layer
+    index the features the network really feeds it)."""
+    import jax
+    import numpy as np
+    from conftest import TINY_CNN
+
+    from spacenet_jax.network import flatten_features, layer_outputs, preprocess
+    from spacenet_jax.state import init_state
+
+    config = TINY_CNN
+    state = init_state(config, 0)
+    weights = state.init_weights  # dense draw: every map is live
+    images = np.random.default_rng(0).integers(0, 256, (2, 8 * 8 * 3), dtype=np.uint8)
+    hidden, _, _ = layer_outputs(weights, state.biases, preprocess(images, config), config)
+    last_conv = config.conv_layers - 1
+    pooled = hidden[last_conv]  # TINY_CNN does not pool after its last conv layer
+    dense = config.conv_layers  # the first dense layer reads the flattened maps
+    np.testing.assert_allclose(
+        jax.nn.relu(flatten_features(pooled) @ weights[dense] + state.biases[dense]),
+        hidden[dense], rtol=1e-6,
+    )
+    flat = flatten_features(pooled)
+    maps = config.layer_sizes[config.conv_layers]
+    units = config.input_units(config.conv_layers)
+    for m in (0, 5, maps - 1):
+        bumped = pooled.at[..., m].add(1.0)
+        changed = np.any(np.asarray(flatten_features(bumped) != flat), axis=0)
+        np.testing.assert_array_equal(np.flatnonzero(changed), np.flatnonzero(units == m))
+    assert jax.tree.leaves(hidden)  # the walk returned every hidden layer
+    assert len(hidden) == config.num_hidden
