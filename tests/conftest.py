@@ -83,6 +83,24 @@ def host(state: SpaceNetState) -> SpaceNetState:
     return jax.device_get(state)
 
 
+def data_for(config: SpaceNetConfig) -> ImageDataset:
+    """``synthetic_dataset`` with images of ``config``'s input width (MLP or CNN)."""
+    dim = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
+    return synthetic_dataset(dim=dim)
+
+
+def run_keeping_states(config: SpaceNetConfig, data: ImageDataset, seed: int = 0):
+    """``(final state, record, [state after each task])`` of one run, states on the host."""
+    from spacenet_jax.runner import run_task_sequence
+
+    states = []
+    state, record = run_task_sequence(
+        config, data, seed, progress=False,
+        on_task_end=lambda task, s, rec: states.append(host(s)),
+    )
+    return host(state), record, states
+
+
 def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: SpaceNetConfig) -> None:
     """What no operation may break (the core issue's list), checked between two states."""
     before, after = host(before), host(after)

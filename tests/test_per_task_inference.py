@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, TINY_CNN, host, synthetic_dataset
+from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
 
 from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
 from spacenet_jax.config import ConfigError
@@ -24,25 +24,11 @@ from spacenet_jax.runner import run_task_sequence
 from spacenet_jax.state import init_state
 
 
-def _data(config):
-    dim = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
-    return synthetic_dataset(dim=dim)
-
-
-def _run_keeping_states(config, data, seed=0):
-    states = []
-    state, record = run_task_sequence(
-        config, data, seed, progress=False,
-        on_task_end=lambda task, s, rec: states.append(host(s)),
-    )
-    return host(state), record, states
-
-
 @pytest.mark.parametrize("base", [TINY, TINY_CNN], ids=["mlp", "cnn"])
 def test_each_task_is_scored_by_the_network_it_ended_with(base):
     config = dataclasses.replace(base, inference="per_task")
-    data = _data(config)
-    final, _, states = _run_keeping_states(config, data)
+    data = data_for(config)
+    final, _, states = run_keeping_states(config, data)
     x = preprocess(data.test_images, config)
     logits = np.asarray(task_subnetwork_logits(final, config, x))
     masks = np.asarray(config.class_masks())
@@ -66,10 +52,10 @@ def test_each_task_is_scored_by_the_network_it_ended_with(base):
 
 
 def test_training_is_the_same_and_only_prediction_changes():
-    data = _data(TINY)
-    shared_state, shared_rec, _ = _run_keeping_states(TINY, data)
+    data = data_for(TINY)
+    shared_state, shared_rec, _ = run_keeping_states(TINY, data)
     per_task = dataclasses.replace(TINY, inference="per_task")
-    state, record, _ = _run_keeping_states(per_task, data)
+    state, record, _ = run_keeping_states(per_task, data)
     for a, b in zip(jax.tree.leaves(shared_state), jax.tree.leaves(state.replace(task_biases=())),
                     strict=True):
         np.testing.assert_array_equal(a, b)
@@ -82,8 +68,8 @@ def test_training_is_the_same_and_only_prediction_changes():
 
 def test_task_il_predictions_use_each_tasks_sub_network():
     config = dataclasses.replace(TINY, inference="per_task")
-    data = _data(config)
-    final, _, states = _run_keeping_states(config, data)
+    data = data_for(config)
+    final, _, states = run_keeping_states(config, data)
     preds = np.asarray(predict_with_tasks(final, config, data.test_images))
     x = preprocess(data.test_images, config)
     masks = np.asarray(config.class_masks())
@@ -113,7 +99,7 @@ def test_refused_without_task_owned_connections(method):
 
 def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
     config = dataclasses.replace(TINY, inference="per_task")
-    data = _data(config)
+    data = data_for(config)
     with TaskCheckpointer(tmp_path, config, 0, benchmark="synthetic") as ck:
         state, _ = run_task_sequence(config, data, 0, progress=False, on_task_end=ck,
                                      benchmark="synthetic")
@@ -131,11 +117,11 @@ def test_reevaluating_checkpoints_gives_the_per_task_run(tmp_path):
     record a per-task run writes (training is the same)."""
     from experiments.reevaluate import reevaluate_seed
 
-    data = _data(TINY)
+    data = data_for(TINY)
     with TaskCheckpointer(tmp_path, TINY, 0, benchmark="synthetic") as ck:
         run_task_sequence(TINY, data, 0, progress=False, on_task_end=ck, benchmark="synthetic")
     record = reevaluate_seed(seed_dir(tmp_path, 0), "per_task", data)
-    _, direct, _ = _run_keeping_states(dataclasses.replace(TINY, inference="per_task"), data)
+    _, direct, _ = run_keeping_states(dataclasses.replace(TINY, inference="per_task"), data)
     drop = ("seconds", "reevaluated_from", "benchmark", "batch")
     assert {k: v for k, v in record.items() if k not in drop} == {
         k: v for k, v in direct.items() if k not in drop}

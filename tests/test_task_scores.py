@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, TINY_CNN, host, synthetic_dataset
+from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
 
 from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
 from spacenet_jax.config import ConfigError
@@ -22,26 +22,12 @@ MAHALANOBIS = dataclasses.replace(PER_TASK, task_scores="mahalanobis")
 STANDARDISED = dataclasses.replace(PER_TASK, task_scores="standardised")
 
 
-def _data(config):
-    dim = int(np.prod(config.image_shape)) if config.is_cnn else config.layer_sizes[0]
-    return synthetic_dataset(dim=dim)
-
-
-def _run(config, data, seed=0):
-    states = []
-    state, record = run_task_sequence(
-        config, data, seed, progress=False,
-        on_task_end=lambda task, s, rec: states.append(host(s)),
-    )
-    return host(state), record, states
-
-
 @pytest.mark.parametrize("config", [MAHALANOBIS, dataclasses.replace(
     TINY_CNN, inference="per_task", task_scores="mahalanobis")], ids=["mlp", "cnn"])
 def test_statistics_are_those_of_each_tasks_own_training_images(config):
     """Recomputed with numpy from the task's examples in the sub-network it ended with."""
-    data = _data(config)
-    state, _, states = _run(config, data)
+    data = data_for(config)
+    state, _, states = run_keeping_states(config, data)
     logit_norm, class_means, precisions, distance_norm = state.task_statistics
     index = task_indices(data.train_labels, config.task_classes)
     for t, classes in enumerate(config.task_classes):
@@ -67,8 +53,8 @@ def test_statistics_are_those_of_each_tasks_own_training_images(config):
 
 
 def test_a_tasks_statistics_never_change_after_it_ends():
-    data = _data(MAHALANOBIS)
-    _, _, states = _run(MAHALANOBIS, data)
+    data = data_for(MAHALANOBIS)
+    _, _, states = run_keeping_states(MAHALANOBIS, data)
     for t in range(MAHALANOBIS.num_tasks):
         classes = list(MAHALANOBIS.task_classes[t])
         for later in states[t + 1:]:
@@ -82,14 +68,14 @@ def test_a_tasks_statistics_never_change_after_it_ends():
 def test_training_is_unchanged_and_standardising_keeps_each_tasks_ranking():
     """The scores change prediction only: the same weights as plain per-task inference, the
     same task-incremental predictions (standardising is monotone within a task)."""
-    data = _data(PER_TASK)
-    plain, plain_record, _ = _run(PER_TASK, data)
+    data = data_for(PER_TASK)
+    plain, plain_record, _ = run_keeping_states(PER_TASK, data)
     for config in (STANDARDISED, MAHALANOBIS):
-        scored, record, _ = _run(config, data)
+        scored, record, _ = run_keeping_states(config, data)
         for a, b in zip(jax.tree.leaves(plain.weights), jax.tree.leaves(scored.weights),
                         strict=True):
             np.testing.assert_array_equal(a, b)
-    scored, record, _ = _run(STANDARDISED, data)
+    scored, record, _ = run_keeping_states(STANDARDISED, data)
     assert record["task_il_acc_matrix"] == plain_record["task_il_acc_matrix"]
     with_tasks = np.asarray(predict_with_tasks(scored, STANDARDISED, data.test_images))
     plain_tasks = np.asarray(predict_with_tasks(plain, PER_TASK, data.test_images))
@@ -97,8 +83,8 @@ def test_training_is_unchanged_and_standardising_keeps_each_tasks_ranking():
 
 
 def test_fit_does_not_depend_on_the_order_of_the_examples():
-    data = _data(MAHALANOBIS)
-    _, _, states = _run(MAHALANOBIS, data)
+    data = data_for(MAHALANOBIS)
+    _, _, states = run_keeping_states(MAHALANOBIS, data)
     index = task_indices(data.train_labels, MAHALANOBIS.task_classes)[0]
     before = states[0].replace(task_statistics=jax.tree.map(np.zeros_like,
                                                             states[0].task_statistics))
@@ -110,10 +96,10 @@ def test_fit_does_not_depend_on_the_order_of_the_examples():
 
 
 def test_vmapped_seeds_give_each_seeds_statistics_and_record():
-    data = _data(MAHALANOBIS)
+    data = data_for(MAHALANOBIS)
     batched = run_task_sequences(MAHALANOBIS, data, [1, 2], progress=False)
     for seed, (state, record) in zip([1, 2], batched, strict=True):
-        single, single_record, _ = _run(MAHALANOBIS, data, seed)
+        single, single_record, _ = run_keeping_states(MAHALANOBIS, data, seed)
         assert record["acc_matrix"] == single_record["acc_matrix"]
         for a, b in zip(host(state).task_statistics, single.task_statistics, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -133,7 +119,7 @@ def test_needs_per_task_inference_and_a_known_rule():
 def test_checkpoints_keep_the_statistics_and_reevaluation_reproduces_the_run(tmp_path):
     from experiments.reevaluate import reevaluate_seed
 
-    data = _data(MAHALANOBIS)
+    data = data_for(MAHALANOBIS)
     with TaskCheckpointer(tmp_path / "a", MAHALANOBIS, 0, benchmark="synthetic") as ck:
         state, direct = run_task_sequence(MAHALANOBIS, data, 0, progress=False, on_task_end=ck,
                                           benchmark="synthetic")
