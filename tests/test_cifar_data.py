@@ -304,7 +304,8 @@ def test_read_cifar_binary_directly(tmp_path):
 
 
 def test_supported_names():
-    assert set(data.SUPPORTED) == {"mnist", "fashion_mnist", "cifar10", "cifar100"}
+    assert set(data.SUPPORTED) == {"mnist", "fashion_mnist", "cifar10", "cifar100",
+                                   "cifar10_100"}
     with pytest.raises(DatasetError, match="cifar10, cifar100"):
         load_dataset("imagenet")
 
@@ -340,3 +341,15 @@ def test_real_cifar10(tmp_path):
     assert hwc[..., 0].mean() > hwc[..., 2].mean() + 5
     again = load_dataset("cifar10", verbose=False)  # from the cache
     np.testing.assert_array_equal(again.test_images, ds.test_images)
+
+
+def test_cifar10_100_is_a_dataset_name(tmp_path):
+    """The paper's CIFAR-10/100 loads by name (checkpoints name it): CIFAR-10 as 0-9, CIFAR-100's
+    fine classes below 50 as 10-59, the rest left out."""
+    _write_cifar10(tmp_path / "data" / "cifar10" / "cifar-10-batches-bin")
+    _write_cifar100(tmp_path / "data" / "cifar100" / "cifar-100-binary")
+    both = load_dataset("cifar10_100", tmp_path / "data", verbose=False)
+    assert both.name == "cifar10_100" and both.num_classes == 60
+    # train: 10 CIFAR-10 records, then CIFAR-100 fine labels 17 and 0 (99 is left out).
+    assert both.train_labels.tolist()[-2:] == [27, 10] and len(both.train_labels) == 12
+    assert both.test_labels.tolist()[-1:] == [52] and len(both.test_labels) == 3
