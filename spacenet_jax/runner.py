@@ -268,7 +268,7 @@ def _run_sequence(
     if test_images is None:
         test_images = jax.device_put(dataset.test_images)
     test_labels = np.asarray(dataset.test_labels)
-    validation = None  # (images on the device, labels, per-task indices)
+    validation = None  # (images, labels, per-task indices) of the held-out examples
     if dataset.validation_images is not None:
         validation = (
             np.asarray(dataset.validation_images),
