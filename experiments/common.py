@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -52,6 +51,7 @@ from spacenet_jax.config import (
 from spacenet_jax.continual import DivergenceError
 from spacenet_jax.data import DatasetError, ImageDataset, hold_out_validation, load_dataset
 from spacenet_jax.folder_lock import FolderLockError, lock_folder, releases_locks
+from spacenet_jax.results_schema import Results, load_results, results_payload
 
 #: Dataset (a ``spacenet_jax.data.load_dataset`` name) of each benchmark, for checkpoints that
 #: do not name theirs.
@@ -242,6 +242,14 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def results_file(runs: list[dict[str, Any]], benchmark: str, method: str) -> Results:
+    """The content of a ``results.json`` (``spacenet_jax.results_schema``): ``runs``, their
+    summary (``summarize_runs``, naming the benchmark and method) and the schema version."""
+    summary = summarize_runs(runs)
+    summary.update(benchmark=benchmark, method=method)
+    return results_payload(runs, summary)
+
+
 def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.stdout) -> None:
     """The final table: per seed, each task's accuracy after the last task, the average (the
     paper's metric), the task-incremental average, the accuracy over all test images and the
@@ -397,8 +405,7 @@ def run_seeds(
             for seed in batch:
                 records[seed]["provenance"] = run_provenance
         runs = merge_runs(finished or [], records)
-        payload = {"runs": runs, "summary": summarize_runs(runs)}
-        payload["summary"].update(benchmark=benchmark, method=config.method)
+        payload = results_file(runs, benchmark, config.method)
         if out is not None:
             out = _write_results(out, payload, benchmark)
     return payload
@@ -521,8 +528,8 @@ def _interrupted_message(signal_name: str, out: Path | None, checkpoint_dir: Pat
     """One line after Ctrl-C or SIGTERM: what is kept, and the command that continues."""
     kept = []
     if out is not None and out.exists():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            done = [r["seed"] for r in json.loads(out.read_text())["runs"]]
+        with contextlib.suppress(OSError, ValueError):
+            done = [r["seed"] for r in load_results(out)["runs"]]
             kept.append(f"results of seed(s) {', '.join(map(str, done))} in {out}")
     if checkpoint_dir is not None:
         for seed in seeds:

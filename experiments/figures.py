@@ -110,20 +110,22 @@ class FigureOutput:
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN_DIR/results.json``, checked to hold at least one run; raises ``FiguresError``."""
+    """``RUN_DIR/results.json`` (``load_results``), holding at least one run; raises
+    ``FiguresError``."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise FiguresError(
             f"{path} not found: RUN_DIR must be an experiment's --out folder (e.g. python -m "
             f"experiments.split_mnist --out RUN_DIR --checkpoint-dir RUN_DIR/checkpoints)"
         )
+    from spacenet_jax.results_schema import ResultsFormatError, load_results
+
     try:
-        payload = json.loads(path.read_text())
-        runs = payload["runs"]
-        if not isinstance(runs, list) or not runs or not all("config" in r for r in runs):
-            raise ValueError("'runs' must be a non-empty list of run records")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FiguresError(f"{path} is not a results.json with runs: {err}") from None
+        payload = load_results(path)
+    except (OSError, ResultsFormatError) as err:
+        raise FiguresError(str(err)) from None
+    if not payload["runs"]:
+        raise FiguresError(f"{path} holds no runs")
     return payload
 
 

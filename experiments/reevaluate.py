@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.common import print_table, summarize_runs, version_line
+from experiments.common import print_table, results_file, version_line
 from experiments.results_io import check_output_folder, provenance, refuse, write_json_atomic
 from spacenet_jax.checkpoint import (
     CheckpointError,
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prov = provenance(argv)
     for run in runs:
         run["provenance"] = prov
-    payload = {"runs": runs, "summary": summarize_runs(runs)}
-    payload["summary"].update(benchmark=runs[0]["benchmark"], method=runs[0]["method"])
+    payload = results_file(runs, runs[0]["benchmark"], runs[0]["method"])
     write_json_atomic(args.out / "results.json", payload)
     print_table(runs, payload["summary"])
     from spacenet_jax.plots import plot_final_task_accuracy

@@ -4,7 +4,8 @@ where its numbers come from.
 * ``write_json_atomic``: a temporary file, fsync, rename: a crash never leaves half a file nor
   a stray temporary one, and the file gets the mode the umask allows (not ``mkstemp``'s 0600).
 * ``read_finished_runs``: the runs a ``results.json`` already holds for this exact
-  configuration, after checking its structure; anything else is refused with exit status 2.
+  configuration, read by ``spacenet_jax.results_schema.load_results`` (structure and
+  ``schema_version`` checked); anything else is refused with exit status 2.
 * ``provenance``: package, git commit, library versions, device, command line and date.
 """
 
@@ -29,18 +30,7 @@ from spacenet_jax.config import (
     describe_differences,
     with_default_fields,
 )
-
-#: Keys every run of a ``results.json`` must have (and their types) to be kept or resumed.
-RUN_KEYS: dict[str, type | tuple[type, ...]] = {
-    "seed": int,
-    "benchmark": str,
-    "method": str,
-    "config": dict,
-    "acc_matrix": list,
-    "final_task_acc": list,
-    "final_avg_acc": (int, float),
-    "seconds": dict,
-}
+from spacenet_jax.results_schema import ResultsFormatError, load_results
 
 
 def refuse(message: str) -> NoReturn:
@@ -100,19 +90,6 @@ def check_output_folder(folder: Path, flag: str = "--out") -> None:
                f"can write to, or fix its permissions or free disk space")
 
 
-def _structure_problem(payload: Any) -> str | None:
-    """What is wrong with a parsed ``results.json``, or None."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list):
-        return "it has no list of runs under the key 'runs'"
-    for i, run in enumerate(payload["runs"]):
-        if not isinstance(run, dict):
-            return f"run {i + 1} is not an object"
-        for key, kind in RUN_KEYS.items():
-            if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
-                return f"run {i + 1} has no valid {key!r}"
-    return None
-
-
 def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str) -> list[dict]:
     """The runs ``path`` (a ``results.json``) already holds, all of ``config`` and
     ``benchmark``; ``[]`` if there is no such file.
@@ -124,12 +101,10 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
     if path is None or not path.exists():
         return []
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        refuse(f"cannot read {path} ({err}); move it away or choose another --out")
-    problem = _structure_problem(payload)
-    if problem is not None:
-        refuse(f"{path} is not a results.json ({problem}); move it away or choose another --out")
+        payload = load_results(path)
+    except ResultsFormatError as err:
+        fix = "" if "upgrade it" in str(err) else "; move it away or choose another --out"
+        refuse(f"{err}{fix}")
     want = as_saved(config)
     for run in payload["runs"]:
         saved = with_default_fields(run["config"])

@@ -25,7 +25,8 @@ is a whole kernel between two feature maps, Section 5.3). The modules follow the
 * ``analysis``     -- the data behind the paper's figures (activations, connection maps, capacity);
 * ``data``, ``runner``, ``plots`` -- MNIST / Fashion-MNIST through tensorflow-datasets and
   CIFAR-10/100 from the publisher's binary files, a whole recorded run, and Figure 3;
-* ``checkpoint``, ``inspect`` -- orbax checkpoints after every task, resume, and inspection.
+* ``checkpoint``, ``inspect`` -- orbax checkpoints after every task, resume, and inspection;
+* ``results_schema`` -- the ``results.json`` format: typed records, JSON Schema, the loader.
 """
 
 from spacenet_jax.compiler import configure_xla

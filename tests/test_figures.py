@@ -21,7 +21,7 @@ from conftest import TINY, TINY_CNN, synthetic_dataset
 from matplotlib.image import imread
 
 from experiments import figures as figures_cli
-from experiments.common import summarize_runs, write_json_atomic
+from experiments.common import results_file, write_json_atomic
 from spacenet_jax import analysis, plots
 from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
 from spacenet_jax.config import ConfigError, SpaceNetConfig
@@ -45,9 +45,7 @@ def _make_run(root: Path, config: SpaceNetConfig, seeds: list[int], data) -> Pat
                 config, data, seed, benchmark=BENCH, progress=False, on_task_end=ck
             )
         runs.append(record)
-    payload = {"runs": runs, "summary": summarize_runs(runs)}
-    payload["summary"].update(benchmark=BENCH, method=config.method)
-    write_json_atomic(root / "results.json", payload)
+    write_json_atomic(root / "results.json", results_file(runs, BENCH, config.method))
     return root
 
 
