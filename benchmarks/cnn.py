@@ -171,9 +171,10 @@ def default_flags_step(args: argparse.Namespace) -> float | None:
 
 
 def epoch_timings(config: SpaceNetConfig, dataset, repeats: int) -> dict[str, Any]:
-    """One epoch of split CIFAR-10's first task, stepwise and as one ``lax.scan``."""
+    """One epoch of split CIFAR-10's first task as ``learn_task`` runs it (one ``lax.scan``,
+    ``continual.train_epoch_and_rewire``) and as a host loop of the same jitted loop body
+    (``training.train_epoch_stepwise``); no rewiring is due after this epoch in either."""
     from spacenet_jax.continual import train_epoch_and_rewire
-    from spacenet_jax.continual import train_epoch_and_rewire_stepwise as stepwise
 
     examples = task_indices(dataset.train_labels, config.task_classes)
     task = make_task_data(dataset.train_images, dataset.train_labels, examples,
@@ -182,12 +183,16 @@ def epoch_timings(config: SpaceNetConfig, dataset, repeats: int) -> dict[str, An
     state, _ = begin_task(init_state(config, 0), config)
     no_rewire = jnp.asarray(False)
     num = jnp.asarray(task.num_examples, jnp.int32)
+    forms = {
+        "stepwise": lambda s: training.train_epoch_stepwise(
+            s, config, task.images, task.labels, task.indices, num)[0],
+        "scan": lambda s: train_epoch_and_rewire(
+            s, config, task.images, task.labels, task.indices, num, no_rewire)[0],
+    }
     out: dict[str, Any] = {"steps": steps, "examples": task.num_examples}
-    for name, fn in (("stepwise", stepwise), ("scan", train_epoch_and_rewire)):
+    for name, fn in forms.items():
         def run(fn=fn):
-            # copies, since the scan form donates its state
-            s = jax.tree.map(jnp.copy, state)
-            return fn(s, config, task.images, task.labels, task.indices, num, no_rewire)[0]
+            return fn(jax.tree.map(jnp.copy, state))  # a copy: the scan donates its state
         times = [median_ms(run, 1) for _ in range(max(1, repeats // 3))]
         ms = statistics.median(times)
         out[f"{name}_epoch_s"] = ms / 1000.0

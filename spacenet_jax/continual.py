@@ -32,7 +32,7 @@ from spacenet_jax.reservation import reserve_neurons
 from spacenet_jax.rewiring import rewire
 from spacenet_jax.state import SpaceNetState, make_optimizer
 from spacenet_jax.task_scores import fit_task_statistics
-from spacenet_jax.training import EpochMetrics, train_epoch, train_epoch_stepwise
+from spacenet_jax.training import EpochMetrics, train_epoch
 
 Array = jax.Array
 
@@ -249,28 +249,6 @@ def train_epoch_and_rewire(
     """
     state, metrics = train_epoch(state, config, images, labels, task_indices, num_examples)
     state, shortfall = rewire_if(state, config, rewire_after)
-    return state, metrics, shortfall
-
-
-_jit_rewire_if = jax.jit(rewire_if, static_argnames="config")
-
-
-def train_epoch_and_rewire_stepwise(
-    state: SpaceNetState,
-    config: SpaceNetConfig,
-    images: Array,
-    labels: Array,
-    task_indices: Array,
-    num_examples: Array,
-    rewire_after: Array,
-) -> tuple[SpaceNetState, EpochMetrics, Array]:
-    """``train_epoch_and_rewire`` built on ``train_epoch_stepwise``: a host loop of jitted
-    steps, for those who want to step through an epoch (``learn_task`` uses the compiled
-    epoch on every backend; ``python -m benchmarks.cnn`` times both)."""
-    state, metrics = train_epoch_stepwise(
-        state, config, images, labels, task_indices, num_examples
-    )
-    state, shortfall = _jit_rewire_if(state, config, rewire_after)
     return state, metrics, shortfall
 
 

@@ -199,26 +199,13 @@ def train_epoch(
     masks = trainable_masks(state)
 
     def body(state: SpaceNetState, xs: tuple[Array, Array]):
-        index, weights = xs
-
-        def step(state: SpaceNetState):
-            return _train_step(state, config, masks, images[index], labels[index], weights)
-
-        def skip(state: SpaceNetState):
-            zero = jnp.zeros((), jnp.float32)
-            return state, StepMetrics(zero, zero, zero)
-
-        return jax.lax.cond(weights[0] > 0, step, skip, state)
+        return _batch_step(state, config, masks, images, labels, *xs)
 
     state, metrics = jax.lax.scan(body, state, (batch_indices, batch_weights))
     return state, _epoch_metrics(metrics)
 
 
-_jit_epoch_plan = jax.jit(_epoch_plan, static_argnames="config")
-
-
-@partial(jax.jit, static_argnames="config")
-def _indexed_train_step(
+def _batch_step(
     state: SpaceNetState,
     config: SpaceNetConfig,
     masks: Params,
@@ -227,7 +214,22 @@ def _indexed_train_step(
     index: Array,
     weights: Array,
 ) -> tuple[SpaceNetState, StepMetrics]:
-    return _train_step(state, config, masks, images[index], labels[index], weights)
+    """The epoch's loop body, in the scan and the host loop alike: ``_train_step`` on the batch
+    ``images[index]`` ``(batch,)`` with ``weights`` ``(batch,)``, or nothing (zero metrics) for
+    a step past the task's last batch (all weights 0)."""
+
+    def step(state: SpaceNetState):
+        return _train_step(state, config, masks, images[index], labels[index], weights)
+
+    def skip(state: SpaceNetState):
+        zero = jnp.zeros((), jnp.float32)
+        return state, StepMetrics(zero, zero, zero)
+
+    return jax.lax.cond(weights[0] > 0, step, skip, state)
+
+
+_jit_epoch_plan = jax.jit(_epoch_plan, static_argnames="config")
+_jit_batch_step = jax.jit(_batch_step, static_argnames="config")
 
 
 def train_epoch_stepwise(
@@ -240,10 +242,11 @@ def train_epoch_stepwise(
 ) -> tuple[SpaceNetState, EpochMetrics]:
     """``train_epoch`` with a host loop over jitted steps instead of one ``lax.scan``.
 
-    Same arguments, shuffling and result (up to floating-point reassociation), for stepping
-    through an epoch from Python. ``learn_task`` uses the scan on every backend: with
-    YNNPACK convolutions off (``spacenet_jax.compiler``) XLA:CPU runs the paper's CNN inside
-    ``lax.scan`` faster than as separate jitted steps (``python -m benchmarks.cnn``).
+    Same arguments, shuffling (``_epoch_plan``), loop body (``_batch_step``) and metrics, hence
+    the same result up to floating-point reassociation, for stepping through an epoch from
+    Python. Only the task's real steps run. ``learn_task`` uses the scan on every backend:
+    with YNNPACK convolutions off (``spacenet_jax.compiler``) XLA:CPU runs the paper's CNN
+    inside ``lax.scan`` faster than as separate jitted steps (``python -m benchmarks.cnn``).
     """
     state, batch_indices, batch_weights = _jit_epoch_plan(
         state, config, task_indices, jnp.asarray(num_examples, jnp.int32)
@@ -252,7 +255,7 @@ def train_epoch_stepwise(
     steps = -(-int(num_examples) // config.batch_size)
     metrics = []
     for step in range(steps):
-        state, m = _indexed_train_step(
+        state, m = _jit_batch_step(
             state, config, masks, images, labels, batch_indices[step], batch_weights[step]
         )
         metrics.append(m)
