@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from spacenet_jax.config import SpaceNetConfig, selected_count, selected_fan
+from spacenet_jax.config import (
+    SpaceNetConfig,
+    free_neurons_before,
+    selected_count,
+    task_connections,
+)
 
 
 def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
@@ -38,7 +43,7 @@ def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
         hidden = []
         for h, n in enumerate(hidden_sizes):
             spec = config.specific_neurons[h] if config.sparse else 0
-            free = n - t * spec
+            free = free_neurons_before(config, h, t)
             hidden.append({
                 "layer": h + 1,
                 "free_before": free,
@@ -48,18 +53,13 @@ def capacity_plan(config: SpaceNetConfig) -> dict[str, Any]:
             })
         layers = []
         for layer in range(config.num_layers):
-            if config.sparse:
-                fan_in, fan_out = selected_fan(config, layer, t)
-                count, regrow = config.connections_per_task[layer], config.rewire_counts[layer]
-            else:
-                fan_in, fan_out = config.mask_shape(layer)
-                count, regrow = fan_in * fan_out, 0
+            count, regrow, positions = task_connections(config, layer, t)
             layers.append({
                 "layer": layer + 1,
                 "connections": count,
                 "regrowth": regrow,
-                "positions": fan_in * fan_out,
-                "fits": count + regrow <= fan_in * fan_out,
+                "positions": positions,
+                "fits": count + regrow <= positions,
             })
         tasks.append({"task": t + 1, "classes": list(classes), "hidden": hidden,
                       "layers": layers})

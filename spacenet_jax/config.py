@@ -501,7 +501,7 @@ def validate(config: SpaceNetConfig) -> None:
                 f"hidden layer {h + 1}: specific_neurons={spec} must be in 0..selected_neurons"
                 f"={sel} (reserved neurons are chosen among the selected ones)"
             )
-        free_at_last = n - (T - 1) * spec
+        free_at_last = free_neurons_before(config, h, T - 1)
         need = max(spec, 1) if config.selects_all(h) else sel
         if free_at_last < need:
             last = (n - need) // spec if spec else T
@@ -523,8 +523,7 @@ def validate(config: SpaceNetConfig) -> None:
             )
         for t in range(config.num_tasks):
             fan_in, fan_out = selected_fan(config, layer, t)
-            k = config.rewire_counts[layer]
-            positions = fan_in * fan_out
+            _, k, positions = task_connections(config, layer, t)
             if count + k > positions:
                 unit = "kernels" if config.is_conv(layer) else "connections"
                 _fail(
@@ -534,6 +533,25 @@ def validate(config: SpaceNetConfig) -> None:
                     f"units; lower connections_per_task[{layer}] or rewire_ratio, or select "
                     f"more neurons"
                 )
+
+
+def free_neurons_before(config: SpaceNetConfig, hidden: int, task: int) -> int:
+    """Free neurons of hidden layer ``hidden`` (0-based) when task ``task`` (0-based) starts:
+    its size less what the earlier tasks reserved (dense methods reserve nothing)."""
+    spec = config.specific_neurons[hidden] if config.sparse else 0
+    return config.layer_sizes[hidden + 1] - task * spec
+
+
+def task_connections(config: SpaceNetConfig, layer: int, task: int) -> tuple[int, int, int]:
+    """``(connections, regrowth, positions)`` of weight matrix ``layer`` for task ``task``: the
+    task's connections (kernels for conv layers), the ones regrown per rewiring, and the
+    positions between the task's selected units they must fit in with the regrowth
+    (``connections + regrowth <= positions``). Dense methods claim every position."""
+    if not config.sparse:
+        fan_in, fan_out = config.mask_shape(layer)
+        return fan_in * fan_out, 0, fan_in * fan_out
+    fan_in, fan_out = selected_fan(config, layer, task)
+    return config.connections_per_task[layer], config.rewire_counts[layer], fan_in * fan_out
 
 
 def selected_count(config: SpaceNetConfig, hidden: int, task: int) -> int:
