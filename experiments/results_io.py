@@ -103,7 +103,7 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
     try:
         payload = load_results(path)
     except ResultsFormatError as err:
-        fix = "" if "upgrade it" in str(err) else "; move it away or choose another --out"
+        fix = "" if err.upgradable else "; move it away or choose another --out"
         refuse(f"{err}{fix}")
     want = as_saved(config)
     for run in payload["runs"]:

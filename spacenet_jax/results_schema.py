@@ -29,7 +29,12 @@ SCHEMA_VERSION = 1
 
 class ResultsFormatError(ValueError):
     """A ``results.json`` that cannot be read as this version's format; the message says what
-    is wrong and how to fix it."""
+    is wrong and how to fix it. ``upgradable``: the file only lacks ``schema_version``, and
+    ``python -m spacenet_jax.results_schema --upgrade`` (named in the message) fixes it."""
+
+    def __init__(self, message: str, upgradable: bool = False):
+        super().__init__(message)
+        self.upgradable = upgradable
 
 
 class Seconds(TypedDict):
@@ -231,7 +236,8 @@ def check_results(payload: Any, where: str = "results.json") -> Results:
         raise ResultsFormatError(
             f"{where} was written by an older spacenet-jax, before results.json had a "
             f"schema_version; upgrade it with: python -m spacenet_jax.results_schema --upgrade "
-            f"{where}"
+            f"{where}",
+            upgradable=True,
         )
     if version != SCHEMA_VERSION:
         raise ResultsFormatError(
