@@ -12,7 +12,7 @@ median over ``--repeats`` timed calls after two warm-up calls, in this process:
   gradient, masked update, Omega, metrics) on the state of split CIFAR-10's first task;
 * the same step with XLA's own convolution gradient (``custom_gradient`` off) and, in a child
   process started with ``SPACENET_XLA_DEFAULTS=1``, with XLA:CPU's default flags (YNNPACK
-  convolutions, see ``spacenet_jax.compiler``), to show what each choice is worth;
+  convolutions, see ``spacenet_jax.core.compiler``), to show what each choice is worth;
 * ``epoch``: one epoch of split CIFAR-10's first task (10000 images, 79 steps) as ``learn_task``
   runs it on this backend (a host loop of jitted steps, or one ``lax.scan``), and the other
   form beside it, per step;
@@ -44,15 +44,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import write_json_atomic
 from experiments.split_cifar10 import SPLIT_CIFAR10
-from spacenet_jax import layers, training
-from spacenet_jax.compiler import CPU_FLAG
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.continual import begin_task, make_task_data
-from spacenet_jax.data import load_dataset, task_indices
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.state import init_state
+from spacenet_jax.core import layers, training
+from spacenet_jax.core.compiler import CPU_FLAG
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.continual import begin_task, make_task_data
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.state import init_state
+from spacenet_jax.storage.data import load_dataset, task_indices
+from spacenet_jax.storage.results_io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SCRIPT = ROOT.parent / "shared" / "notes" / "torch_cnn_step.py"
@@ -174,7 +174,7 @@ def epoch_timings(config: SpaceNetConfig, dataset, repeats: int) -> dict[str, An
     """One epoch of split CIFAR-10's first task as ``learn_task`` runs it (one ``lax.scan``,
     ``continual.train_epoch_and_rewire``) and as a host loop of the same jitted loop body
     (``training.train_epoch_stepwise``); no rewiring is due after this epoch in either."""
-    from spacenet_jax.continual import train_epoch_and_rewire
+    from spacenet_jax.core.continual import train_epoch_and_rewire
 
     examples = task_indices(dataset.train_labels, config.task_classes)
     task = make_task_data(dataset.train_images, dataset.train_labels, examples,

@@ -41,14 +41,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import write_json_atomic
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax import multiseed
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.continual import TaskData, learn_task, make_task_data
-from spacenet_jax.data import load_dataset, task_indices
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.state import init_state
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.continual import TaskData, learn_task, make_task_data
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.state import init_state
+from spacenet_jax.running import multiseed
+from spacenet_jax.storage.data import load_dataset, task_indices
+from spacenet_jax.storage.results_io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from experiments.cnn import add_cnn_arguments, cnn_config, cnn_config_from_args
 from experiments.common import main
-from spacenet_jax.data import ImageDataset, combine_cifar10_100, load_dataset
+from spacenet_jax.storage.data import ImageDataset, combine_cifar10_100, load_dataset
 
 __all__ = ["CIFAR10_100", "TASK_CLASSES", "combine_cifar10_100", "load_cifar10_100"]
 

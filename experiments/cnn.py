@@ -18,7 +18,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from spacenet_jax.config import ConfigError, SpaceNetConfig, parse_int_list, selected_fan
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig, parse_int_list, selected_fan
 
 #: Feature maps of the four conv layers: the paper's network and its larger variant.
 WIDTHS: dict[str, tuple[int, ...]] = {"paper": (32, 32, 64, 64), "wide": (64, 64, 128, 128)}

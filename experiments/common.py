@@ -5,41 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from experiments.interrupts import (
-    INTERRUPTED_STATUS,
-    deferred_interrupts,
-    interrupts_as_keyboard_interrupt,
-    resume_command,
-)
-from experiments.results_io import (
-    check_output_folder,
-    check_seeds_not_done,
-    merge_runs,
-    provenance,
-    read_finished_runs,
-    refuse,
-    write_json_atomic,
-)
-from experiments.training_log import TrainingLog
-from spacenet_jax import metrics
-from spacenet_jax.checkpoint import (
-    CheckpointError,
-    TaskCheckpointer,
-    check_checkpoint_dir,
-    restore_task,
-    saved_tasks,
-    seed_dir,
-)
-from spacenet_jax.config import (
+from spacenet_jax.core.config import (
     INFERENCE,
     METHODS,
     OUTPUT_COLUMNS,
@@ -48,13 +20,32 @@ from spacenet_jax.config import (
     SpaceNetConfig,
     parse_int_list,
 )
-from spacenet_jax.continual import DivergenceError
-from spacenet_jax.data import DatasetError, ImageDataset, hold_out_validation, load_dataset
-from spacenet_jax.folder_lock import FolderLockError, lock_folder, releases_locks
-from spacenet_jax.results_schema import Results, load_results, results_payload
+from spacenet_jax.running import metrics
+from spacenet_jax.running.interrupts import (
+    INTERRUPTED_STATUS,
+    interrupts_as_keyboard_interrupt,
+    resume_command,
+)
+from spacenet_jax.running.study import StudyError, plan_study, run_seeds
+from spacenet_jax.storage.checkpoint import (
+    CheckpointError,
+    check_checkpoint_dir,
+    saved_tasks,
+    seed_dir,
+)
+from spacenet_jax.storage.data import DatasetError, ImageDataset, hold_out_validation, load_dataset
+from spacenet_jax.storage.folder_lock import FolderLockError, lock_folder, releases_locks
+from spacenet_jax.storage.results_io import (
+    ResultsFileError,
+    check_output_folder,
+    provenance,
+    write_json_atomic,
+)
+from spacenet_jax.storage.results_schema import load_results
+from spacenet_jax.storage.training_log import TrainingLog
 
-#: Dataset (a ``spacenet_jax.data.load_dataset`` name) of each benchmark, for checkpoints that
-#: do not name theirs.
+#: Dataset (a ``spacenet_jax.storage.data.load_dataset`` name) of each benchmark, for
+#: checkpoints that do not name theirs.
 BENCHMARK_DATASETS: dict[str, str] = {
     "split_mnist": "mnist",
     "split_fashion_mnist": "fashion_mnist",
@@ -217,39 +208,6 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
     )
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, sd and standard error over seeds of the headline metrics."""
-    keys = ("final_avg_acc", "final_task_il_avg_acc", "final_overall_acc", "avg_forgetting",
-            "backward_transfer")
-    summary: dict[str, Any] = {
-        # None where the metric does not apply (forgetting of joint training) or a run lacks
-        # it (task-IL accuracy in a record of an older version).
-        k: None if any(r.get(k) is None for r in runs)
-        else metrics.summarize([r[k] for r in runs])
-        for k in keys
-    }
-    T = len(runs[0]["final_task_acc"])
-    summary["final_task_acc_mean"] = [
-        metrics.summarize([r["final_task_acc"][j] for r in runs])["mean"] for j in range(T)
-    ]
-    if all(r.get("validation") is not None for r in runs):
-        summary["validation"] = {
-            k: metrics.summarize([r["validation"][k] for r in runs])
-            for k in ("final_avg_acc", "final_task_il_avg_acc")
-        }
-    summary["seeds"] = [r["seed"] for r in runs]
-    summary["seconds_per_run"] = metrics.summarize([r["seconds"]["total"] for r in runs])
-    return summary
-
-
-def results_file(runs: list[dict[str, Any]], benchmark: str, method: str) -> Results:
-    """The content of a ``results.json`` (``spacenet_jax.results_schema``): ``runs``, their
-    summary (``summarize_runs``, naming the benchmark and method) and the schema version."""
-    summary = summarize_runs(runs)
-    summary.update(benchmark=benchmark, method=method)
-    return results_payload(runs, summary)
-
-
 def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.stdout) -> None:
     """The final table: per seed, each task's accuracy after the last task, the average (the
     paper's metric), the task-incremental average, the accuracy over all test images and the
@@ -299,161 +257,6 @@ def load_or_exit(dataset_name: str, data_dir: str | None, quiet: bool) -> ImageD
         raise SystemExit(2) from None
 
 
-def default_seed_batch(config: SpaceNetConfig, num_seeds: int) -> int:
-    """All seeds as one vmapped program, except a CNN on the CPU: one seed at a time there
-    (a few CPU cores gain nothing from batching seeds, and a batch holds every seed's
-    activations at once)."""
-    import jax
-
-    return 1 if config.is_cnn and jax.default_backend() == "cpu" else max(num_seeds, 1)
-
-
-def seed_batches(
-    seeds: list[int],
-    resume_from: dict[int, tuple[Any, dict[str, Any]]],
-    seed_batch: int,
-) -> list[list[int]]:
-    """Split ``seeds`` into the batches that run together: seeds resuming from the same task
-    share a batch (fresh seeds first), at most ``seed_batch`` seeds each."""
-    groups: dict[int, list[int]] = {}
-    for seed in seeds:
-        start = len(resume_from[seed][1]["acc_matrix"]) if seed in resume_from else 0
-        groups.setdefault(start, []).append(seed)
-    return [
-        group[i : i + seed_batch]
-        for _, group in sorted(groups.items())
-        for i in range(0, len(group), seed_batch)
-    ]
-
-
-def run_seeds(
-    config: SpaceNetConfig,
-    dataset: ImageDataset,
-    seeds: list[int],
-    *,
-    benchmark: str,
-    out: Path | None = None,
-    progress: bool = True,
-    finished: list[dict[str, Any]] | None = None,
-    checkpoint_dir: Path | None = None,
-    dataset_name: str | None = None,
-    resume_from: dict[int, tuple[Any, dict[str, Any]]] | None = None,
-    seed_batch: int | None = None,
-    run_provenance: dict[str, Any] | None = None,
-    training_log: TrainingLog | None = None,
-) -> dict[str, Any]:
-    """Run every seed (skipping those in ``finished``), rewriting ``out`` after each batch.
-
-    Seeds run ``seed_batch`` at a time (default ``default_seed_batch``) as one vmapped program
-    sharded over every device (``run_task_sequences``); a batch of one runs
-    ``run_task_sequence``. With ``checkpoint_dir``, every task's state and record of every seed
-    is saved (``TaskCheckpointer``) in ``checkpoint_dir/seed_<seed>``; ``resume_from`` maps a
-    seed to the ``(state, record)`` it continues from (``restore_task``).
-
-    Returns ``{"runs": [...], "summary": {...}}``, the content of ``results.json``: the runs of
-    ``finished`` (which may include seeds not in ``seeds``) and the new ones, ordered by seed;
-    each new run carries ``run_provenance`` (``provenance()``) under ``"provenance"``;
-    ``training_log`` receives every epoch's and task's numbers. A crash
-    loses at most the batch in progress (with checkpoints, at most the task in progress).
-    """
-    from spacenet_jax.runner import run_task_sequence, run_task_sequences
-
-    resume_from = resume_from or {}
-    records = {r["seed"]: r for r in finished or []}
-    todo = [s for s in seeds if s not in records]
-    if progress:
-        for seed in seeds:
-            if seed in records:
-                print(f"[{benchmark} {config.method} seed {seed}] already in {out}, skipped",
-                      file=sys.stderr)
-    batch_size = seed_batch or default_seed_batch(config, len(todo))
-    payload: dict[str, Any] = {}
-    for batch in seed_batches(todo, resume_from, batch_size) or [[]]:
-        checkpointers = {
-            seed: TaskCheckpointer(checkpoint_dir, config, seed, benchmark=benchmark,
-                                   dataset=dataset_name)
-            for seed in batch if checkpoint_dir is not None
-        }
-        on_task_end = _task_end_callback(checkpointers, training_log)
-        on_epoch_end = training_log.epoch_end if training_log is not None else None
-        try:
-            if len(batch) == 1:
-                seed = batch[0]
-                _, records[seed] = run_task_sequence(
-                    config, dataset, seed, benchmark=benchmark, progress=progress,
-                    on_task_end=(lambda t, st, r, s=seed, f=on_task_end: f(s, t, st, r))
-                    if on_task_end else None,
-                    resume_from=resume_from.get(seed), on_epoch_end=on_epoch_end,
-                )
-            elif batch:
-                results = run_task_sequences(
-                    config, dataset, batch, benchmark=benchmark, progress=progress,
-                    on_task_end=on_task_end,
-                    resume_from={s: resume_from[s] for s in batch if s in resume_from},
-                    on_epoch_end=on_epoch_end,
-                )
-                records.update({s: r for s, (_, r) in zip(batch, results, strict=True)})
-        except (ConfigError, DivergenceError, CheckpointError) as err:  # during a task
-            kept = (f"; the {len(records)} finished seed(s) are in {out}"
-                    if records and out else "")
-            print(f"error ({config.method}, seeds {batch}): {err}{kept}", file=sys.stderr)
-            raise SystemExit(2) from None
-        finally:
-            for checkpointer in checkpointers.values():
-                checkpointer.close()
-        if run_provenance is not None:
-            for seed in batch:
-                records[seed]["provenance"] = run_provenance
-        runs = merge_runs(finished or [], records)
-        payload = results_file(runs, benchmark, config.method)
-        if out is not None:
-            out = _write_results(out, payload, benchmark)
-    return payload
-
-
-def _write_results(out: Path, payload: dict[str, Any], benchmark: str) -> Path:
-    """Write results.json (whole, even if Ctrl-C arrives meanwhile); if ``out`` cannot be
-    written, keep the results in a file of the temporary folder instead, say where, and return
-    that path (later batches are written there too)."""
-    with deferred_interrupts():
-        try:
-            write_json_atomic(out, payload)
-            return out
-        except OSError as err:
-            fallback = Path(tempfile.gettempdir()) / f"spacenet-{benchmark}-{os.getpid()}.json"
-            write_json_atomic(fallback, payload)
-            print(f"error: could not write {out} ({err}); the results are kept in {fallback}",
-                  file=sys.stderr)
-            return fallback
-
-
-#: Test-only: ``SPACENET_TEST_KILL_AFTER_TASK=N`` makes the process SIGKILL itself right after
-#: the checkpoint after task N is committed, to test ``--resume`` after a hard crash.
-KILL_AFTER_TASK_ENV = "SPACENET_TEST_KILL_AFTER_TASK"
-
-
-def _task_end_callback(
-    checkpointers: dict[int, TaskCheckpointer], training_log: TrainingLog | None
-) -> Callable[[int, int, Any, dict[str, Any]], None] | None:
-    """``on_task_end(seed, task, state, record)``: log the task's test accuracies, then save
-    its checkpoint (a crash in between redoes the task on resume, whose log lines are then
-    dropped). None when there is nothing to do."""
-    if not checkpointers and training_log is None:
-        return None
-    kill_after = os.environ.get(KILL_AFTER_TASK_ENV)
-
-    def on_task_end(seed: int, task: int, state: Any, record: dict[str, Any]) -> None:
-        with deferred_interrupts():  # Ctrl-C / SIGTERM wait until the step is on disk
-            if training_log is not None:
-                training_log.task_end(seed, task, record)
-            if checkpointers:
-                step = checkpointers[seed].save(state, record)  # returns once it is on disk
-                if kill_after and step == int(kill_after):
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-    return on_task_end
-
-
 def claim_run_folders(out_dir: Path | None, checkpoint_dir: Path | None, seeds: list[int]) -> None:
     """Before any work: refuse a ``--checkpoint-dir`` that cannot hold checkpoints, and lock
     ``--out`` and every seed's checkpoint folder for this run (until ``main`` returns), or
@@ -472,44 +275,11 @@ def claim_run_folders(out_dir: Path | None, checkpoint_dir: Path | None, seeds: 
         refuse(str(err))
 
 
-def plan_resume(
-    checkpoint_dir: Path | None,
-    config: SpaceNetConfig,
-    seeds: list[int],
-    *,
-    benchmark: str,
-    resume: bool,
-) -> dict[int, tuple[Any, dict[str, Any]]]:
-    """Restore, before any work, the latest checkpoint of every seed in ``seeds`` that has one.
-
-    Without ``resume``, a seed folder that already holds checkpoints is refused (a fresh run
-    would mix with them). With ``resume``, a seed without checkpoints starts fresh and says so
-    on stderr (even with --quiet, as it does when it resumes). Raises ``CheckpointError`` for
-    another configuration or seed, or a corrupt checkpoint.
-    """
-    if checkpoint_dir is None:
-        return {}
-    plans: dict[int, tuple[Any, dict[str, Any]]] = {}
-    for seed in seeds:
-        folder = seed_dir(checkpoint_dir, seed)
-        steps = saved_tasks(folder)
-        tag = f"[{benchmark} {config.method} seed {seed}]"
-        if not steps:
-            if resume:
-                print(f"{tag} --resume: no checkpoint in {folder}, starting from scratch",
-                      file=sys.stderr)
-            continue
-        if not resume:
-            raise CheckpointError(
-                f"{folder} already holds checkpoints (after tasks {steps}); add --resume to "
-                f"continue from task {steps[-1]}, or delete it or use another --checkpoint-dir"
-            )
-        state, record = restore_task(folder, config, seed, benchmark=benchmark)
-        plans[seed] = (state, record)
-        unit = "stages" if config.joint else "tasks"
-        print(f"{tag} resuming from {folder / str(steps[-1])} ({len(record['acc_matrix'])}/"
-              f"{config.num_stages} {unit} done)", file=sys.stderr)
-    return plans
+def refuse(message: str) -> NoReturn:
+    """Print ``error: message`` and exit with status 2 (what the command line does with
+    everything refused before any work)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def start_distributed(
@@ -577,7 +347,7 @@ def main(
       make_config: ``(args, defaults) -> config`` (default ``config_from_args``).
       load: ``(data_dir, quiet) -> dataset`` (default: ``load_dataset(dataset_name)``).
     """
-    from spacenet_jax.compile_cache import enable_compilation_cache
+    from spacenet_jax.running.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
     parser = build_parser(description, defaults)
@@ -598,12 +368,15 @@ def main(
         parser.error(f"impossible configuration: {err}")
     seeds = args.seeds if args.seeds is not None else [args.seed]
     if args.dry_run:
-        from spacenet_jax.capacity import capacity_plan, format_plan
+        from spacenet_jax.running.capacity import capacity_plan, format_plan
 
         plan = capacity_plan(config)
         print(format_plan(plan))
         if args.out is not None:
-            check_output_folder(args.out)
+            try:
+                check_output_folder(args.out)
+            except ResultsFileError as err:
+                refuse(str(err))
             write_json_atomic(args.out / "capacity_plan.json", plan)
             print(f"written: {args.out / 'capacity_plan.json'}")
         return {"plan": plan}
@@ -619,49 +392,39 @@ def main(
     if args.resume and args.out is None and args.checkpoint_dir is None:
         parser.error("--resume needs --out (the folder whose results.json to continue) or "
                      "--checkpoint-dir")
-    if args.out is not None:  # before any work: a file, or a folder we cannot write in
-        check_output_folder(args.out)
-    if args.tensorboard is not None:
-        check_output_folder(args.tensorboard, "--tensorboard")
-    claim_run_folders(args.out, args.checkpoint_dir, seeds)  # one run per folder, or exit 2
     out = args.out / "results.json" if args.out is not None else None
-    finished = read_finished_runs(out, config, benchmark)  # kept, or refused if another config
-    check_seeds_not_done(out, finished, seeds, args.resume)
-    done = {r["seed"] for r in finished}
-    try:
-        resume_from = plan_resume(
-            args.checkpoint_dir, config, [s for s in seeds if s not in done],
-            benchmark=benchmark, resume=args.resume,
-        )
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if load is None:
-        dataset = load_or_exit(dataset_name, args.data_dir, args.quiet)
-    else:
-        try:
-            dataset = load(args.data_dir, args.quiet)
-        except DatasetError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-    try:  # refuse an impossible --validation now, not when the first seed starts
+    try:  # everything refused before any work: exit 2 with what is wrong and how to fix it
+        if args.out is not None:  # a file, or a folder we cannot write in
+            check_output_folder(args.out)
+        if args.tensorboard is not None:
+            check_output_folder(args.tensorboard, "--tensorboard")
+        claim_run_folders(args.out, args.checkpoint_dir, seeds)  # one run per folder
+        plan = plan_study(config, seeds, benchmark=benchmark, results_path=out,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+        dataset = (load_or_exit(dataset_name, args.data_dir, args.quiet) if load is None
+                   else load(args.data_dir, args.quiet))
+        # an impossible --validation now, not when the first seed starts
         hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
-    except DatasetError as err:
+        training_log = TrainingLog(args.out, plan.tasks_done(seeds), config.epochs,
+                                   args.tensorboard) \
+            if is_main_process() and (args.out or args.tensorboard) else None
+    except (ResultsFileError, CheckpointError, FolderLockError, DatasetError, ImportError) as err:
         refuse(str(err))
 
     start = time.perf_counter()
-    training_log = TrainingLog(
-        args.out, {s: len(resume_from[s][1]["acc_matrix"]) if s in resume_from else 0
-                   for s in seeds if s not in done},
-        config.epochs, args.tensorboard,
-    ) if is_main_process() and (args.out or args.tensorboard) else None
     try:
         with interrupts_as_keyboard_interrupt():
-            payload = run_seeds(config, dataset, seeds, benchmark=benchmark, out=out,
-                                progress=not args.quiet, finished=finished,
-                                checkpoint_dir=args.checkpoint_dir, dataset_name=dataset_name,
-                                resume_from=resume_from, seed_batch=args.seed_batch,
-                                run_provenance=provenance(argv), training_log=training_log)
+            payload = run_seeds(
+                config, dataset, seeds, benchmark=benchmark, out=out, progress=not args.quiet,
+                finished=plan.finished, checkpoint_dir=args.checkpoint_dir,
+                dataset_name=dataset_name, resume_from=plan.resume_from,
+                seed_batch=args.seed_batch, run_provenance=provenance(argv),
+                on_epoch_end=training_log.epoch_end if training_log is not None else None,
+                on_task_end=training_log.task_end if training_log is not None else None,
+            )
+    except StudyError as err:
+        print(f"error ({err})", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt as err:
         print(_interrupted_message(str(err) or "SIGINT", out, args.checkpoint_dir, seeds, argv),
               file=sys.stderr)
@@ -674,7 +437,7 @@ def main(
     print_table(payload["runs"], payload["summary"])
     print(f"wall-clock: {time.perf_counter() - start:.1f}s for {len(seeds)} seed(s)")
     if out is not None:
-        from spacenet_jax.plots import plot_final_task_accuracy
+        from spacenet_jax.analysis.plots import plot_final_task_accuracy
 
         try:
             png = plot_final_task_accuracy(

@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from spacenet_jax import diagnostics
-from spacenet_jax.checkpoint import (
+from spacenet_jax.analysis import diagnostics
+from spacenet_jax.running.metrics import percent
+from spacenet_jax.storage.checkpoint import (
     config_from_dict,
     find_seed_dir,
     read_metadata,
     restore_task,
     saved_tasks,
 )
-from spacenet_jax.data import load_dataset, task_indices
-from spacenet_jax.metrics import percent
+from spacenet_jax.storage.data import load_dataset, task_indices
 
 
 def diagnose(folder: Path, data_dir: str | None) -> dict[str, Any]:

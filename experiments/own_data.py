@@ -34,15 +34,15 @@ import numpy as np
 
 from experiments.common import config_from_args, main
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.data import (
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.inputs import uint8_conversion_hint
+from spacenet_jax.storage.data import (
     DatasetError,
     ImageDataset,
     cache_dir,
     require_network,
     resolve_data_dir,
 )
-from spacenet_jax.inputs import uint8_conversion_hint
 
 NPZ_KEYS: tuple[str, ...] = ("train_images", "train_labels", "test_images", "test_labels")
 #: Split MNIST's network: 80 of 400 neurons selected and 40 reserved per task and hidden layer;

@@ -22,27 +22,33 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.common import print_table, results_file, version_line
-from experiments.results_io import check_output_folder, provenance, refuse, write_json_atomic
-from spacenet_jax.checkpoint import (
+from experiments.common import print_table, refuse, version_line
+from spacenet_jax.core.config import INFERENCE, TASK_SCORES, ConfigError, SpaceNetConfig
+from spacenet_jax.core.state import SpaceNetState, free_neuron_counts
+from spacenet_jax.core.task_scores import empty_statistics, fit_task_statistics
+from spacenet_jax.running.evaluation import class_and_task_il_accuracies, predict_in_chunks
+from spacenet_jax.running.runner import make_record, validation_summary
+from spacenet_jax.running.study import results_file
+from spacenet_jax.storage.checkpoint import (
     CheckpointError,
     config_from_dict,
     read_metadata,
     restore_task,
     saved_tasks,
 )
-from spacenet_jax.config import INFERENCE, TASK_SCORES, ConfigError, SpaceNetConfig
-from spacenet_jax.data import (
+from spacenet_jax.storage.data import (
     DatasetError,
     ImageDataset,
     hold_out_validation,
     load_dataset,
     task_indices,
 )
-from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
-from spacenet_jax.runner import make_record, validation_summary
-from spacenet_jax.state import SpaceNetState, free_neuron_counts
-from spacenet_jax.task_scores import empty_statistics, fit_task_statistics
+from spacenet_jax.storage.results_io import (
+    ResultsFileError,
+    check_output_folder,
+    provenance,
+    write_json_atomic,
+)
 
 
 def with_task_biases(
@@ -126,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      key=lambda d: int(d.name.split("_")[1]))
     if not folders:
         refuse(f"no seed_<s> folder with task checkpoints in {args.checkpoint_dir}")
-    check_output_folder(args.out)
     try:
+        check_output_folder(args.out)
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,
                                verbose=False)
         runs = [reevaluate_seed(f, args.inference, dataset, args.task_scores) for f in folders]
-    except (CheckpointError, ConfigError, DatasetError) as err:
+    except (CheckpointError, ConfigError, DatasetError, ResultsFileError) as err:
         refuse(str(err))
     prov = provenance(argv)
     for run in runs:
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = results_file(runs, runs[0]["benchmark"], runs[0]["method"])
     write_json_atomic(args.out / "results.json", payload)
     print_table(runs, payload["summary"])
-    from spacenet_jax.plots import plot_final_task_accuracy
+    from spacenet_jax.analysis.plots import plot_final_task_accuracy
 
     png = plot_final_task_accuracy(
         runs, args.out / "final_task_accuracy.png",

@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.common import (
-    load_or_exit,
-    parse_seeds,
-    read_finished_runs,
-    run_seeds,
-    write_json_atomic,
-)
+from experiments.common import load_or_exit, parse_seeds, refuse
 from experiments.paper_tables import TABLES, PaperTable
 from experiments.split_fashion_mnist import SPLIT_FASHION_MNIST
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.config import METHODS, SpaceNetConfig
+from spacenet_jax.core.config import METHODS, SpaceNetConfig
+from spacenet_jax.running.study import StudyError, run_seeds
+from spacenet_jax.storage.results_io import ResultsFileError, read_finished_runs, write_json_atomic
 
 DEFAULT_CONFIGS = {2: SPLIT_MNIST, 3: SPLIT_FASHION_MNIST}
 
@@ -161,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from spacenet_jax.compile_cache import enable_compilation_cache
+    from spacenet_jax.running.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
     parser = build_parser()
@@ -182,10 +178,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = dataclasses.replace(base, epochs=args.epochs)
     out = args.out or Path("runs") / f"table{table.number}"
     configs = {m: dataclasses.replace(base, method=m) for m in methods}
-    finished = {
-        m: read_finished_runs(out / m / "results.json", c, table.benchmark) if args.resume else []
-        for m, c in configs.items()
-    }  # checked before the long work starts
+    try:  # checked before the long work starts
+        finished = {
+            m: read_finished_runs(out / m / "results.json", c, table.benchmark)
+            if args.resume else []
+            for m, c in configs.items()
+        }
+    except ResultsFileError as err:
+        refuse(str(err))
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_or_exit(table.dataset, args.data_dir, args.quiet)
 
@@ -195,10 +195,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.quiet:
             print(f"== table {table.number}: {m} ({METHODS[m]}), seeds {args.seeds}",
                   file=sys.stderr, flush=True)
-        results[m] = run_seeds(
-            configs[m], dataset, args.seeds, benchmark=table.benchmark,
-            out=out / m / "results.json", progress=not args.quiet, finished=finished[m],
-        )
+        try:
+            results[m] = run_seeds(
+                configs[m], dataset, args.seeds, benchmark=table.benchmark,
+                out=out / m / "results.json", progress=not args.quiet, finished=finished[m],
+            )
+        except StudyError as err:
+            print(f"error ({err})", file=sys.stderr)
+            raise SystemExit(2) from None
     rows = table_rows(table, results)
     checks = check_claims(rows)
     command = "python -m experiments.reproduce " + " ".join(

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from experiments.common import main
-from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.core.config import SpaceNetConfig
 
 #: The paper's split MNIST setup (the defaults of SpaceNetConfig).
 SPLIT_MNIST = SpaceNetConfig()

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.data import ImageDataset
-from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.state import FREE, SpaceNetState
+from spacenet_jax.storage.data import ImageDataset
 
 TINY = SpaceNetConfig(
     layer_sizes=(36, 24, 20, 6),
@@ -91,7 +91,7 @@ def data_for(config: SpaceNetConfig) -> ImageDataset:
 
 def run_keeping_states(config: SpaceNetConfig, data: ImageDataset, seed: int = 0):
     """``(final state, record, [state after each task])`` of one run, states on the host."""
-    from spacenet_jax.runner import run_task_sequence
+    from spacenet_jax.running.runner import run_task_sequence
 
     states = []
     state, record = run_task_sequence(

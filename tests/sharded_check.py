@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import TINY, synthetic_dataset
 
-from spacenet_jax import init_state, multiseed
-from spacenet_jax.continual import pad_stage_indices
-from spacenet_jax.data import task_indices
-from spacenet_jax.runner import run_task_sequences
+from spacenet_jax import init_state
+from spacenet_jax.core.continual import pad_stage_indices
+from spacenet_jax.running import multiseed
+from spacenet_jax.running.runner import run_task_sequences
+from spacenet_jax.storage.data import task_indices
 
 COLLECTIVES = r"all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter"
 

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.split_mnist import flops_per_step, whole_process
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.compile_cache import enable_compilation_cache
+from spacenet_jax.running.compile_cache import enable_compilation_cache
 
 
 def test_flops_of_a_dense_masked_step():
@@ -57,8 +57,8 @@ def test_seeds_training_loop_times_a_vmapped_batch():
     from conftest import TINY, synthetic_dataset
 
     from benchmarks.split_mnist import seeds_training_loop
-    from spacenet_jax.continual import make_task_data
-    from spacenet_jax.data import task_indices
+    from spacenet_jax.core.continual import make_task_data
+    from spacenet_jax.storage.data import task_indices
 
     data = synthetic_dataset()
     tasks = make_task_data(data.train_images, data.train_labels,

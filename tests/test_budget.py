@@ -23,8 +23,8 @@ from experiments.cnn import (
     task_cap,
 )
 from experiments.common import main
-from spacenet_jax.capacity import capacity_plan
-from spacenet_jax.config import selected_fan
+from spacenet_jax.core.config import selected_fan
+from spacenet_jax.running.capacity import capacity_plan
 
 SPLIT = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 #: (name, task classes, outputs) of the two CNN benchmarks.

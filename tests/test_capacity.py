@@ -10,8 +10,8 @@ from conftest import TINY, synthetic_dataset
 
 from experiments.common import main as experiment_main
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.capacity import capacity_plan, format_plan
-from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.running.capacity import capacity_plan, format_plan
+from spacenet_jax.running.runner import run_task_sequence
 
 
 def test_split_mnist_plan_matches_the_paper_settings():

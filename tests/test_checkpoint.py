@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from conftest import TINY, synthetic_dataset
 
-from experiments.common import KILL_AFTER_TASK_ENV
 from experiments.common import main as experiment_main
-from spacenet_jax.checkpoint import (
+from spacenet_jax.analysis.inspect import checkpoint_report, format_report
+from spacenet_jax.analysis.inspect import main as inspect_main
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.running.study import KILL_AFTER_TASK_ENV
+from spacenet_jax.storage.checkpoint import (
     CheckpointError,
     TaskCheckpointer,
     check_checkpoint_dir,
@@ -31,9 +34,6 @@ from spacenet_jax.checkpoint import (
     saved_tasks,
     seed_dir,
 )
-from spacenet_jax.inspect import checkpoint_report, format_report
-from spacenet_jax.inspect import main as inspect_main
-from spacenet_jax.runner import run_task_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -334,7 +334,7 @@ def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
     b = json.loads((out / "results.json").read_text())["runs"]
     assert [_without_seconds(r) for r in a] == [_without_seconds(r) for r in b]
 
-    shown = _run(["-m", "spacenet_jax.inspect", str(ck), "--task", "2",
+    shown = _run(["-m", "spacenet_jax.analysis.inspect", str(ck), "--task", "2",
                   "--data-dir", str(SHARED_DATASETS)], cache)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "tasks        2 of 5 learned" in shown.stdout

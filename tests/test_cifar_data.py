@@ -1,4 +1,4 @@
-"""Tests of the CIFAR-10 / CIFAR-100 loaders of spacenet_jax.data on small files in the
+"""Tests of the CIFAR-10 / CIFAR-100 loaders of spacenet_jax.storage.data on small files in the
 publisher's binary format (and, marked slow, on the real CIFAR-10 in ../shared/datasets)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spacenet_jax import data
-from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
+from spacenet_jax.storage import data
+from spacenet_jax.storage.data import DatasetError, ImageDataset, load_dataset, task_indices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 CIFAR10_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]

@@ -15,7 +15,7 @@ from experiments.cifar10_100 import CIFAR10_100, TASK_CLASSES, combine_cifar10_1
 from experiments.cnn import add_cnn_arguments, cnn_config_from_args
 from experiments.common import main
 from experiments.split_cifar10 import SPLIT_CIFAR10
-from spacenet_jax.data import ImageDataset
+from spacenet_jax.storage.data import ImageDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,8 @@ def test_split_cifar10_cli_on_fake_images_writes_results_and_the_figure(tmp_path
 
 
 def test_a_dataset_that_does_not_fit_the_network_is_refused():
-    from spacenet_jax.config import ConfigError
-    from spacenet_jax.runner import run_task_sequence
+    from spacenet_jax.core.config import ConfigError
+    from spacenet_jax.running.runner import run_task_sequence
 
     mnist_like = ImageDataset("mnist", np.zeros((4, 784), np.uint8), np.arange(4) % 2,
                               np.zeros((2, 784), np.uint8), np.arange(2), 10)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from conftest import TINY
 
-from spacenet_jax.config import ConfigError, SpaceNetConfig, describe_differences
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig, describe_differences
 
 
 def test_differences_name_the_flag_and_the_dataset():

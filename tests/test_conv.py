@@ -13,12 +13,12 @@ from conftest import TINY_CNN, synthetic_dataset
 from experiments.cnn import WIDTHS, cnn_config, parse_width
 from experiments.split_cifar10 import SPLIT_CIFAR10
 from spacenet_jax import begin_task, end_task, init_state, make_task_data, rewire, train_epoch
-from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.data import task_indices
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.runner import run_task_sequence
-from spacenet_jax.state import FREE
-from spacenet_jax.training import per_connection, train_step
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.state import FREE
+from spacenet_jax.core.training import per_connection, train_step
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.storage.data import task_indices
 
 
 def _images():
@@ -220,7 +220,7 @@ def test_cnn_end_to_end_on_tiny_synthetic_images(method):
 
 def test_stepwise_epoch_matches_the_scanned_epoch():
     """The CPU path for CNNs (a host loop of jitted steps) computes what the scan computes."""
-    from spacenet_jax.training import train_epoch_stepwise
+    from spacenet_jax.core.training import train_epoch_stepwise
 
     c = TINY_CNN
     data = _images()

@@ -29,8 +29,8 @@ from spacenet_jax import (
     train_epoch_and_rewire,
     train_step,
 )
-from spacenet_jax.data import task_indices
-from spacenet_jax.state import SpaceNetState
+from spacenet_jax.core.state import SpaceNetState
+from spacenet_jax.storage.data import task_indices
 
 
 def tasks_for(config, data):

@@ -1,4 +1,4 @@
-"""Tests of spacenet_jax.data on the real MNIST / Fashion-MNIST files in ../shared/datasets."""
+"""Tests of storage.data on the real MNIST / Fashion-MNIST files in ../shared/datasets."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spacenet_jax import data
-from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
+from spacenet_jax.storage import data
+from spacenet_jax.storage.data import DatasetError, ImageDataset, load_dataset, task_indices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -123,7 +123,7 @@ def test_mnist_second_load_uses_cache_without_tensorflow(mnist_load):
     script = textwrap.dedent(
         """
         import sys
-        from spacenet_jax.data import load_dataset
+        from spacenet_jax.storage.data import load_dataset
         ds = load_dataset("mnist", sys.argv[1])  # the files the cache was made from
         ds = load_dataset("mnist")  # no data folder: the cache as it is
         assert "tensorflow" not in sys.modules, "the cached load imported tensorflow"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spacenet_jax import data
-from spacenet_jax.data import DatasetError, load_dataset
+from spacenet_jax.storage import data
+from spacenet_jax.storage.data import DatasetError, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]

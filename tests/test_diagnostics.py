@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_CNN, assert_invariants, host, synthetic_dataset
 
-from spacenet_jax import diagnostics
-from spacenet_jax.config import ConfigError
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.analysis import diagnostics
+from spacenet_jax.core.config import ConfigError
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.running.runner import run_task_sequence
 
 
 def test_head_competition_on_a_hand_made_example():
@@ -76,8 +76,8 @@ def test_live_output_columns_keep_earlier_columns_in_the_network():
     assert stored.stores_output_columns and not live.stores_output_columns
     data = synthetic_dataset()
     from spacenet_jax import learn_task, make_task_data
-    from spacenet_jax.data import task_indices
-    from spacenet_jax.state import init_state
+    from spacenet_jax.core.state import init_state
+    from spacenet_jax.storage.data import task_indices
 
     tasks = make_task_data(data.train_images, data.train_labels,
                            task_indices(data.train_labels, live.task_classes), live.batch_size)
@@ -99,15 +99,15 @@ def test_live_output_columns_keep_earlier_columns_in_the_network():
 def test_configs_saved_before_a_field_existed_still_match():
     import json
 
-    from spacenet_jax.checkpoint import check_compatible
-    from spacenet_jax.config import with_default_fields
+    from spacenet_jax.core.config import with_default_fields
+    from spacenet_jax.storage.checkpoint import check_compatible
 
     saved = json.loads(json.dumps(TINY.to_dict()))
     del saved["output_columns"]  # written by a version without the field
     assert with_default_fields(saved) == json.loads(json.dumps(TINY.to_dict()))
     check_compatible({"config": saved, "seed": 0}, TINY, 0)  # no error
     live = dataclasses.replace(TINY, output_columns="live")
-    from spacenet_jax.checkpoint import CheckpointError
+    from spacenet_jax.storage.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="output_columns"):
         check_compatible({"config": saved, "seed": 0}, live, 0)
@@ -118,8 +118,8 @@ def test_reserved_output_columns_read_only_the_tasks_reserved_units():
     assert config.stores_output_columns
     data = synthetic_dataset()
     from spacenet_jax import learn_task, make_task_data
-    from spacenet_jax.data import task_indices
-    from spacenet_jax.state import init_state
+    from spacenet_jax.core.state import init_state
+    from spacenet_jax.storage.data import task_indices
 
     tasks = make_task_data(data.train_images, data.train_labels,
                            task_indices(data.train_labels, config.task_classes),

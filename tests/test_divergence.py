@@ -11,9 +11,9 @@ from conftest import TINY
 
 from experiments.common import main as experiment_main
 from spacenet_jax import DivergenceError
-from spacenet_jax.checkpoint import saved_tasks, seed_dir
-from spacenet_jax.data import ImageDataset
-from spacenet_jax.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.storage.checkpoint import saved_tasks, seed_dir
+from spacenet_jax.storage.data import ImageDataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import TINY, synthetic_dataset
 
-from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.running.runner import run_task_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"

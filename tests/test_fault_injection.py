@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spacenet_jax.checkpoint import saved_tasks, seed_dir
+from spacenet_jax.storage.checkpoint import saved_tasks, seed_dir
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -77,7 +77,7 @@ def test_killed_at_random_moments_resumes_to_identical_results(tmp_path):
 def test_same_seed_is_bit_identical_across_processes(tmp_path):
     """Two separate processes, same seed: identical records and bit-identical states after
     every task (the checkpoints' per-leaf sha256), on the CPU."""
-    from spacenet_jax.checkpoint import read_metadata
+    from spacenet_jax.storage.checkpoint import read_metadata
 
     digests = []
     for name in ("a", "b"):

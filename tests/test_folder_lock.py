@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from spacenet_jax.checkpoint import saved_tasks, seed_dir
-from spacenet_jax.folder_lock import (
+from spacenet_jax.storage.checkpoint import saved_tasks, seed_dir
+from spacenet_jax.storage.folder_lock import (
     LOCK_NAME,
     OWNER_NAME,
     FolderInUseError,
@@ -76,7 +76,7 @@ def test_releases_locks_frees_every_lock_of_the_call(tmp_path):
 def test_lock_of_a_killed_run_does_not_block(tmp_path):
     folder = tmp_path / "ck"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from spacenet_jax.folder_lock import "
+        [sys.executable, "-c", "import sys, time; from spacenet_jax.storage.folder_lock import "
          "lock_folder; lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(120)",
          str(folder)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -13,11 +13,11 @@ import pytest
 from conftest import TINY, TINY_CNN, synthetic_dataset
 
 from spacenet_jax import InputError, init_state, learn_task, make_task_data
-from spacenet_jax.config import ConfigError
-from spacenet_jax.data import ImageDataset, task_indices
-from spacenet_jax.evaluation import evaluate_tasks, evaluate_tasks_both, predict_in_chunks
-from spacenet_jax.inputs import check_images, check_labels, input_width
-from spacenet_jax.runner import check_dataset, run_task_sequence, run_task_sequences
+from spacenet_jax.core.config import ConfigError
+from spacenet_jax.core.inputs import check_images, check_labels, input_width
+from spacenet_jax.running.evaluation import evaluate_tasks, evaluate_tasks_both, predict_in_chunks
+from spacenet_jax.running.runner import check_dataset, run_task_sequence, run_task_sequences
+from spacenet_jax.storage.data import ImageDataset, task_indices
 
 FLOAT_FIX = "(x * 255).round().astype(np.uint8)"
 

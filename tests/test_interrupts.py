@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.interrupts import deferred_interrupts, interrupts_as_keyboard_interrupt
+from spacenet_jax.running.interrupts import deferred_interrupts, interrupts_as_keyboard_interrupt
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

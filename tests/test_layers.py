@@ -13,11 +13,11 @@ import pytest
 from conftest import TINY_CNN
 
 from spacenet_jax import begin_task, init_state
-from spacenet_jax.compiler import CPU_FLAG, with_cpu_flag
-from spacenet_jax.continual import make_task_data
-from spacenet_jax.layers import conv2d, max_pool_2x2
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.training import train_epoch
+from spacenet_jax.core.compiler import CPU_FLAG, with_cpu_flag
+from spacenet_jax.core.continual import make_task_data
+from spacenet_jax.core.layers import conv2d, max_pool_2x2
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.training import train_epoch
 
 
 def _reduce_window_pool(x):
@@ -150,7 +150,7 @@ def test_xla_flag_is_added_only_where_known():
 def test_the_flag_is_in_force_in_this_process():
     import jaxlib
 
-    from spacenet_jax.compiler import flag_supported
+    from spacenet_jax.core.compiler import flag_supported
 
     if flag_supported(jaxlib.__version__):
         import os

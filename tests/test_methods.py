@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from conftest import TINY, assert_invariants, host, synthetic_dataset
 
-from experiments.common import summarize_runs
-from spacenet_jax import begin_task, end_task, init_state, make_task_data, metrics
-from spacenet_jax.config import METHODS, ConfigError
-from spacenet_jax.continual import learn_task
-from spacenet_jax.data import task_indices
-from spacenet_jax.runner import run_task_sequence
-from spacenet_jax.stages import replay_memory, training_stages
-from spacenet_jax.state import FREE
+from spacenet_jax import begin_task, end_task, init_state, make_task_data
+from spacenet_jax.core.config import METHODS, ConfigError
+from spacenet_jax.core.continual import learn_task
+from spacenet_jax.core.stages import replay_memory, training_stages
+from spacenet_jax.core.state import FREE
+from spacenet_jax.running import metrics
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.running.study import summarize_runs
+from spacenet_jax.storage.data import task_indices
 
 
 def _config(method: str, **changes):

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from experiments.common import parse_seeds
-from spacenet_jax import metrics
-from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.running import metrics
 
 ACC = [
     [0.9, None, None],

@@ -15,11 +15,12 @@ import pytest
 from conftest import TINY, synthetic_dataset
 
 from experiments.common import main as experiment_main
-from experiments.common import seed_batches
-from spacenet_jax import CapacityError, multiseed
-from spacenet_jax.checkpoint import TaskCheckpointer, saved_tasks, seed_dir
-from spacenet_jax.continual import check_allocation, check_rewiring
-from spacenet_jax.runner import run_task_sequence, run_task_sequences
+from spacenet_jax import CapacityError
+from spacenet_jax.core.continual import check_allocation, check_rewiring
+from spacenet_jax.running import multiseed
+from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.running.study import seed_batches
+from spacenet_jax.storage.checkpoint import TaskCheckpointer, saved_tasks, seed_dir
 
 TESTS = Path(__file__).resolve().parent
 BENCH = "synthetic"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spacenet_jax import data
-from spacenet_jax.data import DatasetError, load_dataset
+from spacenet_jax.storage import data
+from spacenet_jax.storage.data import DatasetError, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "http_proxy",

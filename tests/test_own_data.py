@@ -18,8 +18,8 @@ from experiments.own_data import (
     select_classes,
 )
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.config import ConfigError
-from spacenet_jax.data import ImageDataset
+from spacenet_jax.core.config import ConfigError
+from spacenet_jax.storage.data import ImageDataset
 
 
 @pytest.fixture(autouse=True)

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
 
-from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
-from spacenet_jax.config import ConfigError
-from spacenet_jax.network import (
+from spacenet_jax.core.config import ConfigError
+from spacenet_jax.core.network import (
     forward,
     predict_with_tasks,
     preprocess,
     task_subnetwork_logits,
     task_subnetwork_weights,
 )
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.runner import run_task_sequence
-from spacenet_jax.state import init_state
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.core.state import init_state
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.storage.checkpoint import TaskCheckpointer, restore_task, seed_dir
 
 
 @pytest.mark.parametrize("base", [TINY, TINY_CNN], ids=["mlp", "cnn"])
@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
     for a, b in zip(host(state).task_biases, restored.task_biases, strict=True):
         np.testing.assert_array_equal(a, b)
     # The paper's inference cannot read it (another configuration), and says so.
-    from spacenet_jax.checkpoint import CheckpointError
+    from spacenet_jax.storage.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="inference"):
         restore_task(seed_dir(tmp_path, 0), TINY, 0, benchmark="synthetic")
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from experiments.split_mnist import SPLIT_MNIST
-from spacenet_jax.data import load_dataset, task_indices
-from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.storage.data import load_dataset, task_indices
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 PINNED_STACK = ("0.10.2", "x86_64", "cpu")

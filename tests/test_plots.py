@@ -1,4 +1,4 @@
-"""Tests of spacenet_jax.plots: Figure 3 (accuracy on each task after the last task)."""
+"""Tests of spacenet_jax.analysis.plots: Figure 3 (accuracy on each task after the last task)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from spacenet_jax.plots import plot_final_task_accuracy
+from spacenet_jax.analysis.plots import plot_final_task_accuracy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

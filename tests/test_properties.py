@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spacenet_jax import begin_task, end_task, init_state, make_task_data, rewire, train_epoch
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.data import task_indices
-from spacenet_jax.state import FREE
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.state import FREE
+from spacenet_jax.storage.data import task_indices
 
 
 @st.composite
@@ -101,7 +101,7 @@ def test_invariants_after_every_operation(config: SpaceNetConfig, seed: int):
 def test_train_steps_then_drop_then_grow(config: SpaceNetConfig, seed: int, steps: int):
     """Invariants after single train steps; then drop and grow one at a time, per layer."""
     from spacenet_jax import drop_connections, grow_connections, neuron_importance, train_step
-    from spacenet_jax.allocation import layer_inputs
+    from spacenet_jax.core.allocation import layer_inputs
 
     data = synthetic_dataset(
         num_classes=config.num_classes, dim=config.layer_sizes[0], train_per_class=20,

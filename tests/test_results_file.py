@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY, synthetic_dataset
 
-from experiments.common import main, write_json_atomic
-from experiments.results_io import provenance
+from experiments.common import main
+from spacenet_jax.running import study
+from spacenet_jax.storage.results_io import provenance, write_json_atomic
 
 DATA = synthetic_dataset()
 ARGS = ["--epochs", "1", "--quiet"]
@@ -126,9 +127,7 @@ def test_a_resumed_run_keeps_no_epoch_twice(tmp_path):
     from conftest import TINY as config  # noqa: F401 (same configuration as ``run``)
 
     def crash_after_first_task(*flags):
-        import experiments.common as common
-
-        real = common._task_end_callback
+        real = study._save_each_task
 
         def wrapped(checkpointers, log):
             inner = real(checkpointers, log)
@@ -139,11 +138,11 @@ def test_a_resumed_run_keeps_no_epoch_twice(tmp_path):
                     raise KeyboardInterrupt
             return on_task_end
 
-        common._task_end_callback = wrapped
+        study._save_each_task = wrapped
         try:
             run(out, *flags)
         finally:
-            common._task_end_callback = real
+            study._save_each_task = real
 
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         crash_after_first_task("--seed", "0", "--checkpoint-dir", str(ck))
@@ -156,9 +155,7 @@ def test_a_resumed_run_keeps_no_epoch_twice(tmp_path):
 def test_an_output_folder_that_cannot_hold_results_is_refused_before_any_work(
         tmp_path, capsys, monkeypatch):
     trained = []
-    import spacenet_jax.runner as runner
-
-    monkeypatch.setattr(runner, "run_task_sequence", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(study, "run_task_sequences", lambda *a, **k: trained.append(1))
     (tmp_path / "a_file").write_text("x")
     assert exit_code(run, tmp_path / "a_file", "--seed", "0") == 2
     assert f"--out {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
@@ -176,9 +173,7 @@ def test_an_output_folder_that_cannot_hold_results_is_refused_before_any_work(
 
 
 def test_results_kept_elsewhere_when_the_final_write_fails(tmp_path, capsys, monkeypatch):
-    import experiments.common as common
-
-    real = common.write_json_atomic
+    real = study.write_json_atomic
     target = tmp_path / "out" / "results.json"
 
     def failing(path, payload):
@@ -186,7 +181,7 @@ def test_results_kept_elsewhere_when_the_final_write_fails(tmp_path, capsys, mon
             raise OSError(28, "No space left on device")
         return real(path, payload)
 
-    monkeypatch.setattr(common, "write_json_atomic", failing)
+    monkeypatch.setattr(study, "write_json_atomic", failing)
     run(tmp_path / "out", "--seed", "0")
     err = capsys.readouterr().err
     assert f"could not write {target}" in err and "the results are kept in " in err

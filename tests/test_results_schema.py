@@ -13,9 +13,9 @@ from conftest import TINY, synthetic_dataset
 
 from experiments.common import main
 from experiments.figures import FiguresError, read_results
-from experiments.results_io import read_finished_runs
-from spacenet_jax import results_schema
-from spacenet_jax.results_schema import (
+from spacenet_jax.storage import results_schema
+from spacenet_jax.storage.results_io import ResultsFileError, read_finished_runs
+from spacenet_jax.storage.results_schema import (
     JSON_SCHEMA,
     SCHEMA_VERSION,
     ResultsFormatError,
@@ -90,10 +90,16 @@ def test_an_old_file_is_refused_by_every_reader_with_the_upgrade_command(
         load_results(old)
     with pytest.raises(FiguresError, match="--upgrade"):
         read_results(old.parent)
-    with pytest.raises(SystemExit) as err:
+    command = f"python -m spacenet_jax.storage.results_schema --upgrade {old}"
+    with pytest.raises(ResultsFileError) as err:
         read_finished_runs(old, TINY, "synthetic")
-    assert err.value.code == 2
-    assert f"python -m spacenet_jax.results_schema --upgrade {old}" in capsys.readouterr().err
+    assert command in str(err.value)
+    with pytest.raises(SystemExit) as exited:  # the command line: status 2, the same message
+        main("synthetic", "synthetic", "d", TINY,
+             ["--epochs", "1", "--quiet", "--out", str(old.parent), "--resume"],
+             load=lambda data_dir, quiet: pytest.fail("data loaded before the refusal"))
+    assert exited.value.code == 2
+    assert command in capsys.readouterr().err
     # the command it names makes the file readable, with its runs unchanged
     assert results_schema.main(["--upgrade", str(old)]) == 0
     assert load_results(old)["runs"] == load_results(results_path)["runs"]

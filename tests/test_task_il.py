@@ -12,20 +12,22 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_CNN, synthetic_dataset
 
-from experiments.common import print_table, summarize_runs
+from experiments.common import print_table
 from experiments.figures import render_report
-from spacenet_jax import init_state, learn_task, make_task_data, multiseed
-from spacenet_jax.data import task_indices
-from spacenet_jax.evaluation import (
+from spacenet_jax import init_state, learn_task, make_task_data
+from spacenet_jax.core.network import forward, predict, predict_with_tasks, preprocess
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.running import multiseed
+from spacenet_jax.running.evaluation import (
     class_and_task_il_accuracies,
     evaluate_tasks,
     evaluate_tasks_both,
     predict_in_chunks,
     task_il_predictions,
 )
-from spacenet_jax.network import forward, predict, predict_with_tasks, preprocess
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.runner import run_task_sequence
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.running.study import summarize_runs
+from spacenet_jax.storage.data import task_indices
 
 # ---- by hand ------------------------------------------------------------------------------
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
 
-from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
-from spacenet_jax.config import ConfigError
-from spacenet_jax.data import task_indices
-from spacenet_jax.network import predict_with_tasks, task_subnetwork_outputs
-from spacenet_jax.runner import run_task_sequence, run_task_sequences
-from spacenet_jax.task_scores import SHRINKAGE, fit_task_statistics, statistics_size
+from spacenet_jax.core.config import ConfigError
+from spacenet_jax.core.network import predict_with_tasks, task_subnetwork_outputs
+from spacenet_jax.core.task_scores import SHRINKAGE, fit_task_statistics, statistics_size
+from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.storage.checkpoint import TaskCheckpointer, restore_task, seed_dir
+from spacenet_jax.storage.data import task_indices
 
 PER_TASK = dataclasses.replace(TINY, inference="per_task")
 MAHALANOBIS = dataclasses.replace(PER_TASK, task_scores="mahalanobis")

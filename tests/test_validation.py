@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import TINY, synthetic_dataset
 
-from spacenet_jax.data import DatasetError, hold_out_validation
-from spacenet_jax.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
+from spacenet_jax.storage.data import DatasetError, hold_out_validation
 
 TESTS = Path(__file__).resolve().parent
 VALIDATED = dataclasses.replace(TINY, validation_per_class=10, validation_seed=4, epochs=2)

@@ -9,11 +9,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from spacenet_jax import task_scores
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.layers import conv2d, max_pool_2x2
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.state import SpaceNetState
+from spacenet_jax.core import task_scores
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.layers import conv2d, max_pool_2x2
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.core.state import SpaceNetState
 
 Array = jax.Array
 
@@ -138,7 +138,7 @@ def task_subnetwork_weights(
 def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Array) -> Array:
     """Logits ``(B, num_classes)`` of preprocessed inputs, each task's classes scored by the
     sub-network it was learned in (``config.inference == "per_task"``), on the scale
-    ``config.task_scores`` names (``spacenet_jax.task_scores``; raw logits by default).
+    ``config.task_scores`` names (``spacenet_jax.core.task_scores``; raw logits by default).
 
     One forward pass per task (``config.num_tasks`` in all, a static count); the columns of
     task t's classes come from ``task_subnetwork_weights(state, t)``. No task identity is

@@ -29,15 +29,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _tensorboard_writer(folder: Path) -> Any:
+def _summary_writer_class() -> Any:
+    """tensorboardX's ``SummaryWriter``, or an ``ImportError`` that says how to install it."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError as err:
-        raise SystemExit(
-            "error: --tensorboard needs tensorboardX: pip install 'spacenet-jax[tensorboard]' "
+        raise ImportError(
+            "TensorBoard logging needs tensorboardX: pip install 'spacenet-jax[tensorboard]' "
             "(or pip install tensorboardX)"
         ) from err
-    return SummaryWriter(str(folder))
+    return SummaryWriter
 
 
 class TrainingLog:
@@ -50,6 +51,10 @@ class TrainingLog:
         Lines of seeds not in it are kept.
       epochs: epochs per task (the TensorBoard step is ``task * epochs + epoch``).
       tensorboard: folder for TensorBoard event files, or ``None``.
+
+    Raises:
+      ImportError: ``tensorboard`` is given and tensorboardX is not installed (before any
+        training).
     """
 
     def __init__(self, out: Path | None, tasks_done: dict[int, int], epochs: int,
@@ -58,6 +63,7 @@ class TrainingLog:
         self.epochs = epochs
         self._writers: dict[int, Any] = {}
         self._tensorboard = tensorboard
+        self._writer_class = _summary_writer_class() if tensorboard is not None else None
         if self.path is not None:
             self._keep_finished(tasks_done)
 
@@ -82,11 +88,11 @@ class TrainingLog:
 
     def _writer(self, seed: int) -> Any:
         if seed not in self._writers:
-            self._writers[seed] = _tensorboard_writer(self._tensorboard / f"seed_{seed}")
+            self._writers[seed] = self._writer_class(str(self._tensorboard / f"seed_{seed}"))
         return self._writers[seed]
 
     def epoch_end(self, seed: int, task: int, epoch: int, loss: float, accuracy: float) -> None:
-        """``runner``'s ``on_epoch_end``: ``task`` and ``epoch`` 0-based."""
+        """An ``on_epoch_end`` of ``runner`` and ``study``: ``task`` and ``epoch`` 0-based."""
         seed, task, epoch = int(seed), int(task), int(epoch)
         self._append({"seed": seed, "task": task + 1, "epoch": epoch + 1, "loss": float(loss),
                       "train_acc": float(accuracy), "time": _now()})
@@ -95,8 +101,9 @@ class TrainingLog:
             self._writer(seed).add_scalar("train/loss", loss, step)
             self._writer(seed).add_scalar("train/accuracy", accuracy, step)
 
-    def task_end(self, seed: int, task: int, record: dict[str, Any]) -> None:
-        """After task ``task`` (0-based) of ``seed``, its test accuracies from ``record``."""
+    def task_end(self, seed: int, task: int, state: Any, record: dict[str, Any]) -> None:
+        """An ``on_task_end`` of ``study.run_seeds``: after task ``task`` (0-based) of
+        ``seed``, its test accuracies from ``record`` (``state`` is not used)."""
         seed, task = int(seed), int(task)
         row = record["acc_matrix"][-1]
         task_il = record.get("task_il_acc_matrix", [[None] * len(row)])[-1]

@@ -1,7 +1,7 @@
 """Inspect a task checkpoint: configuration, connections, neurons, and test accuracy.
 
-    python -m spacenet_jax.inspect CHECKPOINT_DIR/seed_3
-    python -m spacenet_jax.inspect CHECKPOINT_DIR --task 2 --data-dir ../shared/datasets
+    python -m spacenet_jax.analysis.inspect CHECKPOINT_DIR/seed_3
+    python -m spacenet_jax.analysis.inspect CHECKPOINT_DIR --task 2 --data-dir ../shared/datasets
 
 DIR is one seed's folder (``seed_<s>``) or a checkpoint folder holding a single seed. Prints
 the configuration, the tasks learned, each task's connections per layer, free and reserved
@@ -19,7 +19,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from spacenet_jax.checkpoint import (
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.state import (
+    SpaceNetState,
+    connection_counts,
+    connections_used,
+    free_neuron_counts,
+    reserved_neuron_counts,
+)
+from spacenet_jax.running.evaluation import evaluate_tasks
+from spacenet_jax.running.metrics import percent
+from spacenet_jax.storage.checkpoint import (
     CheckpointError,
     config_from_dict,
     find_seed_dir,
@@ -27,17 +37,7 @@ from spacenet_jax.checkpoint import (
     restore_task,
     saved_tasks,
 )
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.data import DatasetError, ImageDataset, load_dataset, task_indices
-from spacenet_jax.evaluation import evaluate_tasks
-from spacenet_jax.metrics import percent
-from spacenet_jax.state import (
-    SpaceNetState,
-    connection_counts,
-    connections_used,
-    free_neuron_counts,
-    reserved_neuron_counts,
-)
+from spacenet_jax.storage.data import DatasetError, ImageDataset, load_dataset, task_indices
 
 
 def checkpoint_report(

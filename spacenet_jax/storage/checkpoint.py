@@ -25,7 +25,7 @@ the meta's checksum, the configuration, the seed and every leaf's checksum, and 
 ``CheckpointError`` that says what is wrong and how to fix it.
 
 The folder is not locked here: the experiments' command line locks each seed's folder for the
-run (``spacenet_jax.folder_lock``), so that two runs never write into one.
+run (``spacenet_jax.storage.folder_lock``), so that two runs never write into one.
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from spacenet_jax.config import (
+from spacenet_jax.core.config import (
     SpaceNetConfig,
     as_saved,
     describe_differences,
     with_default_fields,
 )
-from spacenet_jax.state import SpaceNetState, init_state
+from spacenet_jax.core.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
 FORMAT_VERSION = 1

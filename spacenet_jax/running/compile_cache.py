@@ -15,7 +15,7 @@ import pathlib
 
 import jax
 
-from spacenet_jax.data import cache_dir
+from spacenet_jax.storage.data import cache_dir
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> pathlib.Path | None:

@@ -10,7 +10,7 @@
   per method, SpaceNet beside Static-SparseNN);
 * ``plot_capacity``: free, shared and reserved neurons and connections in use after each task.
 
-The data come from ``results.json`` records or from ``spacenet_jax.analysis``. Every function
+The data come from ``results.json`` records or from ``figure_data``. Every function
 writes one PNG (or PDF, ``format="pdf"``) with a title, axis labels and a caption line under the
 figure, and the data behind it as JSON beside it (same stem, ``.json``; Figure 3 only with
 ``save_data=True``).
@@ -113,7 +113,7 @@ def plot_final_task_accuracy(
 
     With one run, one bar per task with its value printed on it. With several runs (several
     seeds), each bar is the mean over the runs, its error bar the sample standard deviation
-    (ddof=1, as in :func:`spacenet_jax.metrics.summarize`), and each run's own value is drawn as
+    (ddof=1, as in :func:`running.metrics.summarize`), and each run's own value is drawn as
     a small dot. A dashed horizontal line marks the mean final average accuracy (the mean over
     runs of the mean over tasks). Accuracies are shown in percent, 0-100.
 
@@ -528,7 +528,7 @@ def plot_connections(
     A third panel (c) gives each output unit's number of the task's incoming connections,
     sorted, before and after: after adaptive training they concentrate on fewer neurons.
     """
-    from spacenet_jax.analysis import mask_counts
+    from spacenet_jax.analysis.figure_data import mask_counts
 
     before = np.asarray(connections["before"], bool)
     after = np.asarray(connections["after"], bool)

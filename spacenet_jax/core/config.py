@@ -52,7 +52,7 @@ INFERENCE: dict[str, str] = {
 }
 
 #: ``SpaceNetConfig.task_scores``: how per-task inference makes the tasks' scores comparable
-#: (``spacenet_jax.task_scores``).
+#: (``spacenet_jax.core.task_scores``).
 TASK_SCORES: dict[str, str] = {
     "logits": "each task's raw logits (per-task inference as it is)",
     "standardised": "each task's logits standardised by the mean and sd of its largest logit "
@@ -102,7 +102,7 @@ class SpaceNetConfig:
         passes instead of one, and every task's logits stay exactly what they were when it was
         learned. Training is the same. Only for the sparse methods that store output columns.
       task_scores: one of ``TASK_SCORES``, with ``inference="per_task"`` only: the scale on
-        which each task's sub-network scores its classes (``spacenet_jax.task_scores``), from
+        which each task's sub-network scores its classes (``spacenet_jax.core.task_scores``), from
         statistics of the task's own training images gathered when it ends. ``"logits"``
         (default) changes nothing.
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
@@ -121,7 +121,7 @@ class SpaceNetConfig:
         (0: none). They are not trained on; after each task the network is evaluated on them
         beside the test set (``record["validation"]``), so that settings can be chosen without
         looking at the test set. Which examples are held out depends only on the labels and
-        ``validation_seed`` (``spacenet_jax.data.hold_out_validation``), not on the run's seed.
+        ``validation_seed`` (``storage.data.hold_out_validation``), not on the run's seed.
       validation_seed: seed of the validation draw.
 
     ``selected_neurons[h]`` equal to the layer's width selects *every free* neuron (feature map)

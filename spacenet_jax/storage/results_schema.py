@@ -1,14 +1,14 @@
 """The ``results.json`` format: one typed definition, its JSON Schema, and the one loader.
 
 A ``results.json`` is ``{"schema_version": 1, "runs": [RunRecord, ...], "summary": Summary}``
-(see ``results.json`` in the README). ``spacenet_jax.runner.make_record`` builds the runs,
-``experiments.common.summarize_runs`` the summary, and :func:`results_payload` stamps the
+(see ``results.json`` in the README). ``spacenet_jax.running.runner.make_record`` builds the runs,
+``running.study.summarize_runs`` the summary, and :func:`results_payload` stamps the
 version; every reader (merging, resuming, figures, reports, the notebook) goes through
 :func:`load_results`, which checks the structure and the version before anything is read.
 
 :data:`JSON_SCHEMA` is the same definition as a JSON Schema (draft 2020-12), for other tools;
 ``docs/results.schema.json`` is that schema as a file (``python -m
-spacenet_jax.results_schema --write-schema docs/results.schema.json``; a test checks the two
+spacenet_jax.storage.results_schema --write-schema docs/results.schema.json``; a test checks the two
 agree and that a real run's file validates). A file written before ``schema_version`` existed
 is refused with the command that upgrades it (:func:`upgrade_results`): its content is the
 version-1 format without the version field.
@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 class ResultsFormatError(ValueError):
     """A ``results.json`` that cannot be read as this version's format; the message says what
     is wrong and how to fix it. ``upgradable``: the file only lacks ``schema_version``, and
-    ``python -m spacenet_jax.results_schema --upgrade`` (named in the message) fixes it."""
+    ``python -m spacenet_jax.storage.results_schema --upgrade`` (named in the message) fixes it."""
 
     def __init__(self, message: str, upgradable: bool = False):
         super().__init__(message)
@@ -84,7 +84,7 @@ class RunRecord(_RunRequired, total=False):
 
 
 class Statistic(TypedDict):
-    """``spacenet_jax.metrics.summarize`` of a value over seeds."""
+    """``spacenet_jax.running.metrics.summarize`` of a value over seeds."""
 
     n: int
     mean: float
@@ -235,8 +235,8 @@ def check_results(payload: Any, where: str = "results.json") -> Results:
     if version is None:
         raise ResultsFormatError(
             f"{where} was written by an older spacenet-jax, before results.json had a "
-            f"schema_version; upgrade it with: python -m spacenet_jax.results_schema --upgrade "
-            f"{where}",
+            f"schema_version; upgrade it with: python -m "
+            f"spacenet_jax.storage.results_schema --upgrade {where}",
             upgradable=True,
         )
     if version != SCHEMA_VERSION:

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.inputs import check_images, check_labels
-from spacenet_jax.network import predict, predict_with_tasks
-from spacenet_jax.state import SpaceNetState
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.inputs import check_images, check_labels
+from spacenet_jax.core.network import predict, predict_with_tasks
+from spacenet_jax.core.state import SpaceNetState
 
 
 def predict_in_chunks(

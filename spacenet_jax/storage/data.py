@@ -475,12 +475,12 @@ def _cache_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def _warn(msg: str) -> None:
-    print(f"spacenet_jax.data: warning: {msg}", file=sys.stderr, flush=True)
+    print(f"spacenet_jax.storage.data: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def _info(msg: str, verbose: bool) -> None:
     if verbose:
-        print(f"spacenet_jax.data: {msg}", file=sys.stderr, flush=True)
+        print(f"spacenet_jax.storage.data: {msg}", file=sys.stderr, flush=True)
 
 
 def _load_cache(

@@ -17,9 +17,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.state import FREE, SpaceNetState
-from spacenet_jax.topk import top_k_mask
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.state import FREE, SpaceNetState
+from spacenet_jax.core.topk import top_k_mask
 
 Array = jax.Array
 

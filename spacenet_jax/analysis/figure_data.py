@@ -1,8 +1,8 @@
 """The data behind the paper's analysis figures (Section 6), computed from SpaceNet states.
 
 Every function here is pure: states (after some task, e.g. restored with
-``spacenet_jax.checkpoint.restore_task``) in, numpy arrays and plain dicts out, ready to draw
-(``spacenet_jax.plots``) or to save as JSON.
+``spacenet_jax.storage.checkpoint.restore_task``) in, numpy arrays and plain dicts out, ready
+to draw (``spacenet_jax.analysis.plots``) or to save as JSON.
 
 * Figure 4 -- ``task_activations``: hidden-layer activations of a task's test images (the paper:
   50 test images of each class of task 1, after task 1).
@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.continual import begin_task
-from spacenet_jax.network import layer_outputs, preprocess
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.state import FREE, SpaceNetState, connections_used
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.continual import begin_task
+from spacenet_jax.core.network import layer_outputs, preprocess
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.core.state import FREE, SpaceNetState, connections_used
 
 __all__ = [
     "capacity",

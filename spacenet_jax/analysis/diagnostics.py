@@ -1,7 +1,8 @@
 """Why a task is or is not learned: the numbers behind ``python -m experiments.diagnose``.
 
 Pure functions of states (e.g. restored after each task with
-``spacenet_jax.checkpoint.restore_task``) and test data, returning numpy arrays and plain dicts:
+``spacenet_jax.storage.checkpoint.restore_task``) and test data, returning numpy arrays and
+plain dicts:
 
 * ``unit_activations``: every hidden unit's activation per example (a conv feature map's mean
   over its positions), and the logits of the deployed network;
@@ -24,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.network import layer_outputs, preprocess
-from spacenet_jax.output_layer import inference_weights
-from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.network import layer_outputs, preprocess
+from spacenet_jax.core.output_layer import inference_weights
+from spacenet_jax.core.state import FREE, SpaceNetState
 
 __all__ = ["head_competition", "reachable_units", "unit_activations", "unit_drift"]
 

@@ -13,8 +13,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.state import FREE, SpaceNetState
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.state import FREE, SpaceNetState
 
 Array = jax.Array
 

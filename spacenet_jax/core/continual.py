@@ -24,15 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spacenet_jax.allocation import allocate_connections, claim_all_connections
-from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.inputs import check_images, check_labels
-from spacenet_jax.output_layer import keep_reserved_output_inputs, store_output_weights
-from spacenet_jax.reservation import reserve_neurons
-from spacenet_jax.rewiring import rewire
-from spacenet_jax.state import SpaceNetState, make_optimizer
-from spacenet_jax.task_scores import fit_task_statistics
-from spacenet_jax.training import EpochMetrics, train_epoch
+from spacenet_jax.core.allocation import allocate_connections, claim_all_connections
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.inputs import check_images, check_labels
+from spacenet_jax.core.output_layer import keep_reserved_output_inputs, store_output_weights
+from spacenet_jax.core.reservation import reserve_neurons
+from spacenet_jax.core.rewiring import rewire
+from spacenet_jax.core.state import SpaceNetState, make_optimizer
+from spacenet_jax.core.task_scores import fit_task_statistics
+from spacenet_jax.core.training import EpochMetrics, train_epoch
 
 Array = jax.Array
 

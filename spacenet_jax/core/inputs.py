@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spacenet_jax.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 
 __all__ = ["InputError", "check_images", "check_labels", "input_width", "uint8_conversion_hint"]
 

@@ -3,10 +3,15 @@ where its numbers come from.
 
 * ``write_json_atomic``: a temporary file, fsync, rename: a crash never leaves half a file nor
   a stray temporary one, and the file gets the mode the umask allows (not ``mkstemp``'s 0600).
+* ``check_output_folder``: an output folder is writable, checked before any work.
 * ``read_finished_runs``: the runs a ``results.json`` already holds for this exact
-  configuration, read by ``spacenet_jax.results_schema.load_results`` (structure and
-  ``schema_version`` checked); anything else is refused with exit status 2.
+  configuration, read by ``spacenet_jax.storage.results_schema.load_results`` (structure and
+  ``schema_version`` checked); anything else raises ``ResultsFileError``.
+* ``merge_runs``: the runs held, plus the new ones.
 * ``provenance``: package, git commit, library versions, device, command line and date.
+
+Nothing here exits the process: the command line turns ``ResultsFileError`` into its
+``error: ...`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,21 +27,20 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from spacenet_jax.config import (
+from spacenet_jax.core.config import (
     SpaceNetConfig,
     as_saved,
     describe_differences,
     with_default_fields,
 )
-from spacenet_jax.results_schema import ResultsFormatError, load_results
+from spacenet_jax.storage.results_schema import ResultsFormatError, load_results
 
 
-def refuse(message: str) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with status 2, as every refusal does."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+class ResultsFileError(ValueError):
+    """An output folder or ``results.json`` this run cannot use; the message says what is
+    wrong and how to fix it (raised before any work)."""
 
 
 def _umask() -> int:
@@ -75,28 +79,30 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def check_output_folder(folder: Path, flag: str = "--out") -> None:
-    """Refuse (exit 2), before any work, an output folder that is a file or cannot be created
-    or written: a long run must not end by failing to save its results."""
+    """Refuse (``ResultsFileError``), before any work, an output folder that is a file or
+    cannot be created or written: a long run must not end by failing to save its results."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        refuse(f"{flag} {folder} is a file, not a folder; give a folder (it is created if "
-               f"missing)")
+        raise ResultsFileError(f"{flag} {folder} is a file, not a folder; give a folder (it "
+                               f"is created if missing)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as err:
-        refuse(f"cannot write in {flag} {folder} ({err.strerror or err}); choose a folder you "
-               f"can write to, or fix its permissions or free disk space")
+        raise ResultsFileError(
+            f"cannot write in {flag} {folder} ({err.strerror or err}); choose a folder you "
+            f"can write to, or fix its permissions or free disk space"
+        ) from None
 
 
 def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str) -> list[dict]:
     """The runs ``path`` (a ``results.json``) already holds, all of ``config`` and
     ``benchmark``; ``[]`` if there is no such file.
 
-    Exits with status 2 and a message (``refuse``) if the file is unreadable, is not a
-    results.json, or holds a run of another configuration or benchmark: mixing them would make
-    its summary meaningless, and overwriting them would lose them.
+    Raises ``ResultsFileError`` if the file is unreadable, is not a results.json, or holds a
+    run of another configuration or benchmark: mixing them would make its summary
+    meaningless, and overwriting them would lose them.
     """
     if path is None or not path.exists():
         return []
@@ -104,7 +110,7 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
         payload = load_results(path)
     except ResultsFormatError as err:
         fix = "" if err.upgradable else "; move it away or choose another --out"
-        refuse(f"{err}{fix}")
+        raise ResultsFileError(f"{err}{fix}") from None
     want = as_saved(config)
     for run in payload["runs"]:
         saved = with_default_fields(run["config"])
@@ -112,7 +118,7 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
             what = ([f"benchmark {run['benchmark']!r}, this run {benchmark!r}"]
                     if run["benchmark"] != benchmark else [])
             what += describe_differences(saved, want, "there")
-            refuse(
+            raise ResultsFileError(
                 f"{path} holds runs of another configuration (seed {run['seed']}; "
                 f"{'; '.join(what)}); move it away or choose another --out"
             )
@@ -121,10 +127,11 @@ def read_finished_runs(path: Path | None, config: SpaceNetConfig, benchmark: str
 
 def check_seeds_not_done(path: Path | None, finished: list[dict], seeds: list[int],
                          resume: bool) -> None:
-    """Without ``--resume``, refuse to run a seed that ``path`` already holds."""
+    """Without ``resume``, refuse (``ResultsFileError``) to run a seed that ``path`` already
+    holds."""
     done = sorted({r["seed"] for r in finished} & set(seeds))
     if done and not resume:
-        refuse(
+        raise ResultsFileError(
             f"{path} already holds seed(s) {', '.join(map(str, done))} of this configuration; "
             f"add --resume to keep them and run only the others, or choose another --out"
         )

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.continual import (
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.continual import (
     EpochCallback,
     TaskData,
     begin_task,
@@ -36,9 +36,9 @@ from spacenet_jax.continual import (
     run_epochs,
     train_epoch_and_rewire,
 )
-from spacenet_jax.network import predict, predict_with_tasks
-from spacenet_jax.state import SpaceNetState
-from spacenet_jax.task_scores import fit_task_statistics
+from spacenet_jax.core.network import predict, predict_with_tasks
+from spacenet_jax.core.state import SpaceNetState
+from spacenet_jax.core.task_scores import fit_task_statistics
 
 Array = jax.Array
 Tree = TypeVar("Tree")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.core.config import SpaceNetConfig
 
 #: Shrinkage of the pooled covariance towards ``trace / D * I`` (keeps it invertible when some
 #: hidden units never fire on a task's images).
@@ -121,7 +121,7 @@ def _chunks(indices: np.ndarray, num_examples: int) -> list[tuple[np.ndarray, np
 
 @partial(jax.jit, static_argnames="config")
 def _first_moments(state, images, labels, ix, weight, *, config, task):
-    from spacenet_jax.network import task_subnetwork_outputs
+    from spacenet_jax.core.network import task_subnetwork_outputs
 
     features, logits = task_subnetwork_outputs(state, config, images[ix], task)
     own = jnp.asarray(config.class_masks())[task]
@@ -135,7 +135,7 @@ def _first_moments(state, images, labels, ix, weight, *, config, task):
 
 @partial(jax.jit, static_argnames="config")
 def _scatter(state, images, labels, ix, weight, class_means, *, config, task):
-    from spacenet_jax.network import task_subnetwork_outputs
+    from spacenet_jax.core.network import task_subnetwork_outputs
 
     features, _ = task_subnetwork_outputs(state, config, images[ix], task)
     centred = (features - class_means[labels[ix]]) * weight[:, None]
@@ -145,7 +145,7 @@ def _scatter(state, images, labels, ix, weight, class_means, *, config, task):
 @partial(jax.jit, static_argnames="config")
 def _distance_moments(state, images, labels, ix, weight, class_means, precision, *, config,
                       task):
-    from spacenet_jax.network import task_subnetwork_outputs
+    from spacenet_jax.core.network import task_subnetwork_outputs
 
     features, _ = task_subnetwork_outputs(state, config, images[ix], task)
     own = jnp.asarray(config.class_masks())[task]
@@ -176,7 +176,7 @@ def fit_task_statistics(
 
     Call it after ``end_task`` (the task's biases are kept, so its sub-network is final).
     ``batched``: ``state`` has a leading seed axis and ``indices`` is ``(S, length)``
-    (``spacenet_jax.multiseed``). The examples are gathered in fixed chunks in sorted order, so
+    (``running.multiseed``). The examples are gathered in fixed chunks in sorted order, so
     the result does not depend on the order of ``indices``.
     """
     if config.task_scores == "logits":

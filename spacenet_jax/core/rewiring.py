@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spacenet_jax.allocation import layer_inputs
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.importance import neuron_importance
-from spacenet_jax.state import FREE, SpaceNetState, make_optimizer
-from spacenet_jax.topk import top_k_mask
+from spacenet_jax.core.allocation import layer_inputs
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.importance import neuron_importance
+from spacenet_jax.core.state import FREE, SpaceNetState, make_optimizer
+from spacenet_jax.core.topk import top_k_mask
 
 Array = jax.Array
 

@@ -17,20 +17,20 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from spacenet_jax import metrics
-from spacenet_jax.config import ConfigError, SpaceNetConfig, matches_saved
-from spacenet_jax.continual import TaskData, learn_task, make_task_data, pad_stage_indices
-from spacenet_jax.data import ImageDataset, hold_out_validation, task_indices
-from spacenet_jax.evaluation import class_and_task_il_accuracies, predict_in_chunks
-from spacenet_jax.inputs import check_images, check_labels
-from spacenet_jax.stages import training_stages
-from spacenet_jax.state import (
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig, matches_saved
+from spacenet_jax.core.continual import TaskData, learn_task, make_task_data, pad_stage_indices
+from spacenet_jax.core.inputs import check_images, check_labels
+from spacenet_jax.core.stages import training_stages
+from spacenet_jax.core.state import (
     SpaceNetState,
     connection_counts,
     connections_used,
     free_neuron_counts,
     init_state,
 )
+from spacenet_jax.running import metrics
+from spacenet_jax.running.evaluation import class_and_task_il_accuracies, predict_in_chunks
+from spacenet_jax.storage.data import ImageDataset, hold_out_validation, task_indices
 
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
 #: ``(seed, task, state, partial_record)``, called for every seed of a batch after each task.
@@ -97,7 +97,7 @@ def run_task_sequence(
         every epoch (``task`` and ``epoch`` 0-based, like ``on_task_end``'s ``task``), e.g. to
         log the training curves.
       resume_from: ``(state, record)`` after some tasks of this same run (config, seed,
-        benchmark), e.g. from ``spacenet_jax.checkpoint.restore_task``: the sequence continues
+        benchmark), e.g. from ``storage.checkpoint.restore_task``: the sequence continues
         from there and ends exactly as an uninterrupted run would (the data order and every
         random draw come from the seed and ``state.rng``); only ``seconds`` differ, its total
         adding this call's time to the record's.
@@ -107,25 +107,12 @@ def run_task_sequence(
     """
     check_dataset(config, dataset)
     dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
-    stages = training_stages(config, task_indices(dataset.train_labels, config.task_classes), seed)
-    train_tasks = make_task_data(
-        dataset.train_images, dataset.train_labels, stages, config.batch_size
-    )
     if resume_from is not None:
-        state = jax.device_put(resume_from[0])
-        _check_resume(config, seed, benchmark, state, resume_from[1])
-    else:
-        state = init_state(config, seed)
-
-    def predict_all(state: SpaceNetState, images: jax.Array) -> np.ndarray:
-        return predict_in_chunks(state, config, images, with_tasks=True)[None]
-
-    callback = None if on_task_end is None else lambda _s, t, st, r: on_task_end(t, st, r)
+        _check_resume(config, seed, benchmark, *resume_from)
+    callback = None if on_task_end is None else lambda _seed, t, st, r: on_task_end(t, st, r)
     states, records = _run_sequence(
-        config, dataset, [seed], state,
-        learn=lambda st, t, on_epoch: learn_task(st, config, train_tasks[t], on_epoch),
-        predict=predict_all, split=lambda st: [st],
-        done=None if resume_from is None else [resume_from[1]],
+        config, dataset, _OneSeed(config, dataset, seed, resume_from),
+        None if resume_from is None else [resume_from[1]],
         benchmark=benchmark, progress=progress, on_task_end=callback, on_epoch_end=on_epoch_end,
     )
     return states[0], records[0]
@@ -145,11 +132,12 @@ def run_task_sequences(
 ) -> list[tuple[SpaceNetState, dict[str, Any]]]:
     """``run_task_sequence`` for several seeds at once: one vmapped program per epoch.
 
-    The seed is a batched axis of the state (``spacenet_jax.multiseed``), sharded over
+    The seed is a batched axis of the state (``spacenet_jax.running.multiseed``), sharded over
     ``devices`` (default: every device, of every host after ``jax.distributed.initialize``; as
     few as give the fewest rounds, see ``seed_devices``). Each seed's state and record are
     those of ``run_task_sequence`` with that seed (the tests check it), except for ``seconds``,
-    which are the batch's, and ``batch``, which names the seeds that ran together.
+    which are the batch's, and ``batch``, which names the seeds that ran together. A single
+    seed runs the single-seed program on the default device.
 
     Args:
       seeds: distinct seeds.
@@ -157,14 +145,12 @@ def run_task_sequences(
         after each task.
       resume_from: per seed, ``(state, record)`` to continue from; seeds given here must all be
         at the same task, and every other seed starts fresh, so either every seed or none of
-        them is in it (``experiments.common`` groups the seeds by where they resume).
+        them is in it (``study.seed_batches`` groups the seeds by where they resume).
       Other arguments: as for ``run_task_sequence``.
 
     Returns:
       ``(state, record)`` per seed, in the order of ``seeds``.
     """
-    from spacenet_jax import multiseed
-
     check_dataset(config, dataset)
     dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -176,97 +162,135 @@ def run_task_sequences(
         _check_resume(config, seed, benchmark, state, record)
     if len({int(state.task) for state, _ in resume_from.values()}) > 1:
         raise ValueError("the resumed seeds are at different tasks; run each group alone")
-
-    devices = multiseed.seed_devices(len(seeds), devices)
-    mesh = multiseed.seed_mesh(devices)  # None for one device: plain vmap
-    shard = partial(multiseed.shard_seeds, mesh=mesh, device=devices[0])
-    replicate = partial(multiseed.replicate, mesh=mesh, device=devices[0])
-    padded = multiseed.pad_seeds(seeds, len(devices))
-    task_examples = task_indices(dataset.train_labels, config.task_classes)
-    # Per seed, (stages, length) example indices; every seed's stage t has the same count.
-    stage_indices = [
-        pad_stage_indices(training_stages(config, task_examples, seed), config.batch_size)
-        for seed in padded
-    ]
-    images, labels = replicate(
-        (np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32))
-    )
-    train_tasks = [
-        TaskData(
-            images, labels,
-            shard(np.stack([ix[t] for ix, _ in stage_indices])),
-            stage_indices[0][1][t],
-        )
-        for t in range(config.num_stages)
-    ]
-    if resume_from:
-        singles = [jax.device_put(resume_from[seed][0]) for seed in padded]
+    if len(seeds) == 1:  # nothing to batch: the single-seed program
+        seeds_ = _OneSeed(config, dataset, seeds[0], resume_from.get(seeds[0]))
     else:
-        singles = [init_state(config, seed) for seed in padded]
-    states = shard(multiseed.stack_states(singles))
-    del singles
-
-    def predict_all(states: SpaceNetState, test_images: np.ndarray) -> np.ndarray:
-        def predict(states: SpaceNetState, images: np.ndarray) -> np.ndarray:
-            return multiseed.to_host(
-                multiseed.predict_seeds(states, config, replicate(images), mesh, True)
-            )
-
-        return predict_in_chunks(
-            states, config, test_images, predict_fn=predict, with_tasks=True
-        )[: len(seeds)]
-
-    def split(states: SpaceNetState) -> list[SpaceNetState]:
-        if jax.process_count() > 1:  # gather every seed to every host, then slice on the host
-            states = multiseed.to_host(states)
-        return multiseed.unstack_states(states, len(seeds))
-
+        seeds_ = _VmappedSeeds(config, dataset, seeds, resume_from, devices)
     states, records = _run_sequence(
-        config, dataset, seeds, states,
-        learn=lambda st, t, on_epoch: multiseed.learn_tasks(
-            st, config, train_tasks[t], padded, on_epoch, mesh
-        ),
-        predict=predict_all,
-        split=split,
-        done=[resume_from[s][1] for s in seeds] if resume_from else None,
+        config, dataset, seeds_, [resume_from[s][1] for s in seeds] if resume_from else None,
         benchmark=benchmark, progress=progress, on_task_end=on_task_end,
         on_epoch_end=on_epoch_end,
-        test_images=np.asarray(dataset.test_images),
-        devices=len(devices),
     )
     return list(zip(states, records, strict=True))
+
+
+class _OneSeed:
+    """One seed's state, learning and predicting with the single-seed programs
+    (``continual.learn_task``). What ``_run_sequence`` drives (as ``_VmappedSeeds``)."""
+
+    devices = 1
+
+    def __init__(self, config: SpaceNetConfig, dataset: ImageDataset, seed: int,
+                 resume_from: tuple[SpaceNetState, dict[str, Any]] | None) -> None:
+        self.config, self.seeds = config, [seed]
+        stages = training_stages(config, task_indices(dataset.train_labels, config.task_classes),
+                                 seed)
+        self.tasks = make_task_data(
+            dataset.train_images, dataset.train_labels, stages, config.batch_size
+        )
+        self.state = (init_state(config, seed) if resume_from is None
+                      else jax.device_put(resume_from[0]))
+
+    def put(self, images: np.ndarray) -> jax.Array:
+        """Images as ``predict`` takes them (on the device once, reused after every task)."""
+        return jax.device_put(images)
+
+    def learn(self, stage: int, on_epoch: Callable | None) -> None:
+        self.state = learn_task(self.state, self.config, self.tasks[stage], on_epoch)
+
+    def predict(self, images: jax.Array) -> np.ndarray:
+        """int ``(1, N, T + 1)``: ``predict_with_tasks``'s columns."""
+        return predict_in_chunks(self.state, self.config, images, with_tasks=True)[None]
+
+    def states(self) -> list[SpaceNetState]:
+        return [self.state]
+
+
+class _VmappedSeeds:
+    """A batch of seeds as one state with a leading seed axis, sharded over ``devices``
+    (``multiseed``), padded to a multiple of the device count."""
+
+    def __init__(self, config: SpaceNetConfig, dataset: ImageDataset, seeds: list[int],
+                 resume_from: dict[int, tuple[SpaceNetState, dict[str, Any]]],
+                 devices: list[jax.Device] | None) -> None:
+        from spacenet_jax.running import multiseed
+
+        self.config, self.seeds, self.multiseed = config, seeds, multiseed
+        devices = multiseed.seed_devices(len(seeds), devices)
+        self.devices = len(devices)
+        self.mesh = multiseed.seed_mesh(devices)  # None for one device: plain vmap
+        shard = partial(multiseed.shard_seeds, mesh=self.mesh, device=devices[0])
+        self.replicate = partial(multiseed.replicate, mesh=self.mesh, device=devices[0])
+        self.padded = multiseed.pad_seeds(seeds, len(devices))
+        task_examples = task_indices(dataset.train_labels, config.task_classes)
+        # Per seed, (stages, length) example indices; every seed's stage t has the same count.
+        stage_indices = [
+            pad_stage_indices(training_stages(config, task_examples, seed), config.batch_size)
+            for seed in self.padded
+        ]
+        images, labels = self.replicate(
+            (np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32))
+        )
+        self.tasks = [
+            TaskData(
+                images, labels,
+                shard(np.stack([ix[t] for ix, _ in stage_indices])),
+                stage_indices[0][1][t],
+            )
+            for t in range(config.num_stages)
+        ]
+        if resume_from:
+            singles = [jax.device_put(resume_from[seed][0]) for seed in self.padded]
+        else:
+            singles = [init_state(config, seed) for seed in self.padded]
+        self.state = shard(multiseed.stack_states(singles))
+
+    def put(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(images)  # replicated chunk by chunk in ``predict``
+
+    def learn(self, stage: int, on_epoch: Callable | None) -> None:
+        self.state = self.multiseed.learn_tasks(
+            self.state, self.config, self.tasks[stage], self.padded, on_epoch, self.mesh
+        )
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """int ``(S, N, T + 1)`` for the real seeds (padding seeds dropped)."""
+        def predict(states: SpaceNetState, images: np.ndarray) -> np.ndarray:
+            return self.multiseed.to_host(self.multiseed.predict_seeds(
+                states, self.config, self.replicate(images), self.mesh, True
+            ))
+
+        return predict_in_chunks(
+            self.state, self.config, images, predict_fn=predict, with_tasks=True
+        )[: len(self.seeds)]
+
+    def states(self) -> list[SpaceNetState]:
+        states = self.state
+        if jax.process_count() > 1:  # gather every seed to every host, then slice on the host
+            states = self.multiseed.to_host(states)
+        return self.multiseed.unstack_states(states, len(self.seeds))
 
 
 def _run_sequence(
     config: SpaceNetConfig,
     dataset: ImageDataset,
-    seeds: list[int],
-    states: Any,
-    *,
-    learn: Callable[[Any, int, Callable | None], Any],
-    predict: Callable[[Any, jax.Array], np.ndarray],
-    split: Callable[[Any], list[SpaceNetState]],
+    seeds_: _OneSeed | _VmappedSeeds,
     done: list[dict[str, Any]] | None,
+    *,
     benchmark: str,
     progress: bool,
     on_task_end: SeedTaskEndCallback | None,
-    test_images: np.ndarray | jax.Array | None = None,
-    devices: int = 1,
-    on_epoch_end: EpochEndCallback | None = None,
+    on_epoch_end: EpochEndCallback | None,
 ) -> tuple[list[SpaceNetState], list[dict[str, Any]]]:
-    """The task loop shared by one seed and a batch of seeds.
-
-    ``states`` is one state (a single seed) or a batched one; ``learn(states, stage, on_epoch)``
-    learns a stage, ``predict(states, images)`` gives int ``(S, N, T + 1)`` predictions
-    (``predict_with_tasks``'s columns) and ``split(states)`` the per-seed states. ``done``:
-    per seed, the record to continue from.
-    """
+    """The task loop shared by one seed and a batch of seeds: ``seeds_`` learns each stage,
+    then predicts the test (and validation) images, which fill a row of every seed's
+    accuracy matrices. ``done``: per seed, the record to continue from."""
+    seeds = seeds_.seeds
     start = time.perf_counter()
     stages = config.num_stages
     unit = "stage" if config.joint else "task"  # joint learns every task in one stage
     test_index = task_indices(dataset.test_labels, config.task_classes)
-    if test_images is None:
-        test_images = jax.device_put(dataset.test_images)
+    test_images = seeds_.put(dataset.test_images)
     test_labels = np.asarray(dataset.test_labels)
     validation = None  # (images, labels, per-task indices) of the held-out examples
     if dataset.validation_images is not None:
@@ -286,8 +310,8 @@ def _run_sequence(
     # A live bar on a terminal; one plain line per epoch in logs (CI, nohup, files).
     interactive = progress and sys.stderr.isatty()
     tag = f"{benchmark} {config.method} {_seed_label(seeds)}"
-    if devices > 1:
-        tag += f" on {devices} devices"
+    if seeds_.devices > 1:
+        tag += f" on {seeds_.devices} devices"
     bar = tqdm(
         total=stages * config.epochs, initial=first * config.epochs, desc=tag,
         disable=not interactive,
@@ -316,16 +340,16 @@ def _run_sequence(
     records: list[dict[str, Any]] = [{} for _ in seeds]
     singles: list[SpaceNetState] = []
     if first:
-        singles = split(states)
+        singles = seeds_.states()
         records = [
             log.record(benchmark, seed, config, st, time.perf_counter() - start, seeds)
             for log, seed, st in zip(logs, seeds, singles, strict=True)
         ]
     for t in range(first, stages):
         task_start = time.perf_counter()
-        states = learn(states, t, on_epoch)
-        predictions = np.asarray(predict(states, test_images))
-        singles = split(states)
+        seeds_.learn(t, on_epoch)
+        predictions = np.asarray(seeds_.predict(test_images))
+        singles = seeds_.states()
         seconds = time.perf_counter() - task_start
         for log, st, pred in zip(logs, singles, predictions, strict=True):
             (row, pooled), (task_il_row, _) = class_and_task_il_accuracies(
@@ -334,7 +358,7 @@ def _run_sequence(
             log.add(row, pooled, task_il_row, free_neuron_counts(st), seconds)
         if validation is not None:
             images, labels, index = validation
-            for log, st, pred in zip(logs, singles, np.asarray(predict(states, images)),
+            for log, st, pred in zip(logs, singles, np.asarray(seeds_.predict(images)),
                                      strict=True):
                 (row, _), (task_il_row, _) = class_and_task_il_accuracies(
                     pred, labels, index, int(st.task)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spacenet_jax.config import SpaceNetConfig
+from spacenet_jax.core.config import SpaceNetConfig
 
 
 def replay_memory(

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.task_scores import empty_statistics
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.task_scores import empty_statistics
 
 Array = jax.Array
 
@@ -60,7 +60,7 @@ class SpaceNetState:
         change.
       task_statistics: with ``config.task_scores`` other than ``"logits"``, the statistics of
         each finished task's own training images that put the tasks' scores on one scale
-        (``spacenet_jax.task_scores.empty_statistics`` lists them); otherwise ``()``.
+        (``spacenet_jax.core.task_scores.empty_statistics`` lists them); otherwise ``()``.
       task: int32 scalar, index of the task being learned (or next to learn).
       opt_state: the optax state of the current task's optimiser.
       rng: uint32 ``(2,)`` PRNG key, advanced by every random operation.

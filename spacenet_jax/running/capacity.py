@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spacenet_jax.config import (
+from spacenet_jax.core.config import (
     SpaceNetConfig,
     free_neurons_before,
     selected_count,

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from spacenet_jax.config import SpaceNetConfig
-from spacenet_jax.network import forward, preprocess
-from spacenet_jax.state import FREE, SpaceNetState, make_optimizer
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.state import FREE, SpaceNetState, make_optimizer
 
 Array = jax.Array
 Params = tuple[tuple[Array, ...], tuple[Array, ...]]
@@ -245,7 +245,7 @@ def train_epoch_stepwise(
     Same arguments, shuffling (``_epoch_plan``), loop body (``_batch_step``) and metrics, hence
     the same result up to floating-point reassociation, for stepping through an epoch from
     Python. Only the task's real steps run. ``learn_task`` uses the scan on every backend:
-    with YNNPACK convolutions off (``spacenet_jax.compiler``) XLA:CPU runs the paper's CNN
+    with YNNPACK convolutions off (``spacenet_jax.core.compiler``) XLA:CPU runs the paper's CNN
     inside ``lax.scan`` faster than as separate jitted steps (``python -m benchmarks.cnn``).
     """
     state, batch_indices, batch_weights = _jit_epoch_plan(
