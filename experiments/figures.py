@@ -38,34 +38,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: Figure name -> (heading in the report, one-line description).
-FIGURES: dict[str, tuple[str, str]] = {
-    "accuracy_matrix": (
-        "Accuracy matrix",
-        "Test accuracy on each task (columns) after training each task (rows), mean over seeds.",
-    ),
-    "final_task_accuracy": (
-        "Accuracy on each task after the last task (paper Figure 3)",
-        "Bars: mean over seeds, error bars: sample sd, dots: each seed; dashed: the average.",
-    ),
-    "capacity": (
-        "Capacity used after each task",
-        "Reserved, shared and free neurons per hidden layer, and connections in use.",
-    ),
-    "fig4_activations": (
-        "Hidden activations after task 1 (paper Figure 4)",
-        "Activations of 50 test images of each class of task 1 after task 1: sparse.",
-    ),
-    "fig5_connections": (
-        "A task's connections before and after adaptive training (paper Figure 5)",
-        "Allocated at random (a), then gathered on fewer neurons by drop and grow (b, c).",
-    ),
-    "fig6_input_connections": (
-        "Connections leaving each input pixel (paper Figure 6)",
-        "Per task, the first-layer connections of each pixel, as an image.",
-    ),
-}
-
 #: How the figures and the report name each method.
 METHOD_LABELS: dict[str, str] = {
     "spacenet": "SpaceNet",
@@ -118,7 +90,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: RUN_DIR must be an experiment's --out folder (e.g. python -m "
             f"experiments.split_mnist --out RUN_DIR --checkpoint-dir RUN_DIR/checkpoints)"
         )
-    from spacenet_jax.results_schema import ResultsFormatError, load_results
+    from spacenet_jax.storage.results_schema import ResultsFormatError, load_results
 
     try:
         payload = load_results(path)
@@ -146,7 +118,7 @@ class _Checkpoints:
         self, directory: Path, config: Any, seed: int, benchmark: str | None,
         progress: Callable[[str], None] = _progress,
     ) -> None:
-        from spacenet_jax.checkpoint import saved_tasks, seed_dir
+        from spacenet_jax.storage.checkpoint import saved_tasks, seed_dir
 
         self.progress = progress
         self.folder = seed_dir(directory, seed)
@@ -158,8 +130,8 @@ class _Checkpoints:
 
     def state(self, step: int) -> Any:
         """The state after ``step`` tasks (``step == 0``: the initial state of the seed)."""
-        from spacenet_jax.checkpoint import restore_task
-        from spacenet_jax.state import init_state
+        from spacenet_jax.core.state import init_state
+        from spacenet_jax.storage.checkpoint import restore_task
 
         if step not in self._states:
             if step == 0:
@@ -172,7 +144,7 @@ class _Checkpoints:
         return self._states[step]
 
     def dataset_name(self) -> str | None:
-        from spacenet_jax.checkpoint import read_metadata
+        from spacenet_jax.storage.checkpoint import read_metadata
 
         return read_metadata(self.folder).get("dataset") if self.steps else None
 
@@ -180,6 +152,288 @@ class _Checkpoints:
 def _default_pixel_tasks(num_tasks: int) -> list[int]:
     """First, middle and last task (0-based), as the paper's three columns."""
     return sorted({0, num_tasks // 2, num_tasks - 1})
+
+
+@dataclasses.dataclass
+class FigureContext:
+    """What the figures of one run are drawn from: its records, the drawn seed's checkpoints
+    (restored on demand) and the options of ``make_figures``."""
+
+    run_dir: Path
+    payload: dict[str, Any]
+    record: dict[str, Any]  # the drawn seed's run
+    config: Any  # its SpaceNetConfig
+    checkpoints: _Checkpoints
+    format: str
+    dpi: int
+    data_dir: str | None
+    dataset: Any | None  # ImageDataset, loaded on demand for Figure 4
+    connection_task: int
+    connection_layer: int
+    pixel_tasks: Sequence[int] | None
+    image_shape: Sequence[int] | None
+    compare: Path | None
+    compare_checkpoint_dir: Path | None
+    progress: Callable[[str], None]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        return self.payload["runs"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["seed"])
+
+    @property
+    def benchmark(self) -> str | None:
+        return self.record.get("benchmark")
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.config.method, self.config.method)
+
+    def no_checkpoints(self) -> str | None:
+        """Why the seed's checkpoints cannot be used, or None."""
+        if self.checkpoints.steps:
+            return None
+        return (f"no checkpoint of seed {self.seed} in {self.checkpoints.folder} (run the "
+                f"experiment with --checkpoint-dir, or pass --checkpoint-dir)")
+
+    def test_images(self) -> Any:
+        """The run's dataset: ``dataset``, or the one its checkpoint names, loaded once."""
+        if self.dataset is None:
+            from experiments.common import BENCHMARK_DATASETS
+            from spacenet_jax.analysis.inspect import load_checkpoint_dataset
+            from spacenet_jax.storage.data import DatasetError
+
+            name = self.checkpoints.dataset_name() or BENCHMARK_DATASETS.get(self.benchmark or "")
+            if not name:
+                raise DatasetError("the checkpoint names no dataset")
+            self.progress(f"loading the {name} test images")
+            self.dataset = load_checkpoint_dataset(name, self.data_dir)
+        return self.dataset
+
+
+# ---- the figures: each a spec (what it needs, how it draws) ---------------------------------
+
+
+def _needs_mlp_checkpoints(ctx: FigureContext) -> str | None:
+    if ctx.config.is_cnn:
+        return (f"this run is a CNN ({ctx.config.conv_layers} conv layers): Figures 4-6 are "
+                f"drawn for MLPs")
+    return ctx.no_checkpoints()
+
+
+def _needs_sparse(what: str) -> Callable[[FigureContext], str | None]:
+    def check(ctx: FigureContext) -> str | None:
+        reason = _needs_mlp_checkpoints(ctx)
+        if reason is None and not ctx.config.sparse:
+            reason = f"method {ctx.config.method!r} is dense: {what}"
+        return reason
+
+    return check
+
+
+def _draw_accuracy_matrix(ctx: FigureContext, path: Path) -> Path:
+    from spacenet_jax.analysis import plots
+
+    return plots.plot_accuracy_matrix(ctx.runs, path, dpi=ctx.dpi)
+
+
+def _draw_final_task_accuracy(ctx: FigureContext, path: Path) -> Path:
+    from spacenet_jax.analysis import plots
+
+    n = len(ctx.runs)
+    return plots.plot_final_task_accuracy(
+        ctx.runs, path, format=ctx.format, save_data=True,
+        title=f"{ctx.benchmark} ({ctx.record.get('method')}): accuracy on each task after the "
+              f"last",
+        caption="Test accuracy on each task after learning the whole sequence, without task "
+                "identity" + (f"; mean and sd over {n} seeds." if n > 1 else "."),
+    )
+
+
+def _draw_capacity(ctx: FigureContext, path: Path) -> Path:
+    from spacenet_jax.analysis import figure_data as analysis
+    from spacenet_jax.analysis import plots
+
+    ck = ctx.checkpoints
+    if ck.steps:
+        cap = analysis.capacity_over_tasks([ck.state(s) for s in ck.steps], ctx.config)
+    else:  # without the free / shared split
+        cap = analysis.capacity_from_record(ctx.record, ctx.config)
+    return plots.plot_capacity(
+        cap, path, dpi=ctx.dpi,
+        title=f"Capacity used after each task ({METHOD_LABELS.get(ctx.config.method, '')}, "
+              f"seed {ctx.seed})",
+    )
+
+
+def _fig4_unavailable(ctx: FigureContext) -> str | None:
+    reason = _needs_mlp_checkpoints(ctx)
+    if reason is None and 1 not in ctx.checkpoints.steps:
+        reason = (f"no checkpoint after task 1 in {ctx.checkpoints.folder} "
+                  f"(has {ctx.checkpoints.steps})")
+    if reason is None:
+        from spacenet_jax.storage.checkpoint import CheckpointError
+        from spacenet_jax.storage.data import DatasetError
+
+        try:
+            ctx.test_images()
+        except (DatasetError, CheckpointError) as err:
+            reason = f"cannot load the test images ({str(err).splitlines()[0]}); pass --data-dir"
+    return reason
+
+
+def _draw_activations(ctx: FigureContext, path: Path) -> Path:
+    """Figure 4: activations of task 1's test images after task 1."""
+    from spacenet_jax.analysis import figure_data as analysis
+    from spacenet_jax.analysis import plots
+
+    data = ctx.test_images()
+    acts, labels = analysis.task_activations(
+        ctx.checkpoints.state(1), ctx.config, data.test_images, data.test_labels, task=0
+    )
+    return plots.plot_activations(
+        acts, labels, path, dpi=ctx.dpi,
+        title=f"Hidden activations of task 1's test images after task 1 ({ctx.label}, "
+              f"seed {ctx.seed})",
+    )
+
+
+def _fig5_task_layer(ctx: FigureContext) -> tuple[int, int]:
+    """Figure 5's task (0-based) and weight layer, clipped to the network."""
+    return (min(ctx.connection_task, ctx.config.num_tasks) - 1,
+            min(ctx.connection_layer, ctx.config.num_layers - 1))
+
+
+def _fig5_unavailable(ctx: FigureContext) -> str | None:
+    reason = _needs_sparse("each task owns every connection")(ctx)
+    task, _ = _fig5_task_layer(ctx)
+    steps = ctx.checkpoints.steps
+    if reason is None and (task + 1 not in steps or (task > 0 and task not in steps)):
+        reason = (f"needs the checkpoints after tasks {task} and {task + 1} (task 0: the "
+                  f"initial state); {ctx.checkpoints.folder} has {steps}")
+    return reason
+
+
+def _draw_connections(ctx: FigureContext, path: Path) -> Path:
+    """Figure 5: a task's connections as allocated and after its training."""
+    from spacenet_jax.analysis import figure_data as analysis
+    from spacenet_jax.analysis import plots
+
+    task, layer = _fig5_task_layer(ctx)
+    ck = ctx.checkpoints
+    ctx.progress(f"re-running the allocation of task {task + 1} (begin_task)")
+    allocated = analysis.initial_allocation(ck.state(task), ctx.config)
+    conn = analysis.task_connections(allocated, ck.state(task + 1), ctx.config, layer)
+    return plots.plot_connections(conn, path, dpi=ctx.dpi)
+
+
+def _fig6_tasks(ctx: FigureContext) -> tuple[list[int], list[int]]:
+    """Figure 6's wanted tasks and those learned in the last checkpoint (0-based)."""
+    wanted = ([t - 1 for t in ctx.pixel_tasks] if ctx.pixel_tasks
+              else _default_pixel_tasks(ctx.config.num_tasks))
+    last = ctx.checkpoints.steps[-1] if ctx.checkpoints.steps else 0
+    return wanted, [t for t in wanted if 0 <= t < last]
+
+
+def _fig6_unavailable(ctx: FigureContext) -> str | None:
+    reason = _needs_sparse("every pixel has every connection")(ctx)
+    wanted, tasks = _fig6_tasks(ctx)
+    if reason is None and not tasks:
+        reason = (f"none of tasks {[t + 1 for t in wanted]} is learned in the last checkpoint "
+                  f"(after {ctx.checkpoints.steps[-1]} tasks)")
+    return reason
+
+
+def _draw_input_connections(ctx: FigureContext, path: Path) -> Path:
+    """Figure 6: connections per input pixel, beside the comparison run."""
+    from spacenet_jax.analysis import figure_data as analysis
+    from spacenet_jax.analysis import plots
+
+    _, tasks = _fig6_tasks(ctx)
+    last = ctx.checkpoints.steps[-1]
+    maps = {ctx.label: analysis.input_connection_counts(
+        ctx.checkpoints.state(last), ctx.config, tasks, ctx.image_shape)}
+    if ctx.compare is not None:
+        other = _compare_maps(ctx.compare, ctx.compare_checkpoint_dir, ctx.seed, tasks,
+                              ctx.image_shape, ctx.notes, ctx.progress)
+        if other is not None:
+            maps[other[0] if other[0] != ctx.label else f"{ctx.label} (compare)"] = other[1]
+    return plots.plot_input_connections(
+        maps, tasks, path, task_classes=ctx.config.task_classes, dpi=ctx.dpi,
+        title=f"Connections of each task leaving each input pixel (seed {ctx.seed}, "
+              f"after {last} tasks)",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """One figure: its file stem, its heading and description in the report, why it cannot be
+    drawn for a run (None: it can), and how it draws (``draw(ctx, path) -> written path``)."""
+
+    name: str
+    heading: str
+    description: str
+    draw: Callable[[FigureContext, Path], Path]
+    unavailable: Callable[[FigureContext], str | None] = lambda ctx: None
+
+
+#: Every figure, in drawing order.
+FIGURE_SPECS: tuple[FigureSpec, ...] = (
+    FigureSpec(
+        "accuracy_matrix", "Accuracy matrix",
+        "Test accuracy on each task (columns) after training each task (rows), mean over seeds.",
+        _draw_accuracy_matrix,
+    ),
+    FigureSpec(
+        "final_task_accuracy", "Accuracy on each task after the last task (paper Figure 3)",
+        "Bars: mean over seeds, error bars: sample sd, dots: each seed; dashed: the average.",
+        _draw_final_task_accuracy,
+    ),
+    FigureSpec(
+        "capacity", "Capacity used after each task",
+        "Reserved, shared and free neurons per hidden layer, and connections in use.",
+        _draw_capacity,
+    ),
+    FigureSpec(
+        "fig4_activations", "Hidden activations after task 1 (paper Figure 4)",
+        "Activations of 50 test images of each class of task 1 after task 1: sparse.",
+        _draw_activations, _fig4_unavailable,
+    ),
+    FigureSpec(
+        "fig5_connections",
+        "A task's connections before and after adaptive training (paper Figure 5)",
+        "Allocated at random (a), then gathered on fewer neurons by drop and grow (b, c).",
+        _draw_connections, _fig5_unavailable,
+    ),
+    FigureSpec(
+        "fig6_input_connections", "Connections leaving each input pixel (paper Figure 6)",
+        "Per task, the first-layer connections of each pixel, as an image.",
+        _draw_input_connections, _fig6_unavailable,
+    ),
+)
+
+#: Figure name -> (heading in the report, one-line description).
+FIGURES: dict[str, tuple[str, str]] = {f.name: (f.heading, f.description) for f in FIGURE_SPECS}
+
+
+def _draw_figure(spec: FigureSpec, ctx: FigureContext, out_dir: Path) -> tuple[Path | None, str]:
+    """Draw ``spec`` into ``out_dir``: ``(path, "")``, or ``(None, why it was skipped)``."""
+    from spacenet_jax.core.config import ConfigError
+    from spacenet_jax.storage.checkpoint import CheckpointError
+
+    reason = spec.unavailable(ctx)
+    if reason is None:
+        ctx.progress(f"drawing {spec.name}")
+        try:
+            return spec.draw(ctx, out_dir / f"{spec.name}.{ctx.format}"), ""
+        except (ConfigError, CheckpointError, ValueError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    ctx.progress(f"skipped {spec.name}: {reason}")
+    return None, reason
 
 
 def make_figures(
@@ -199,8 +453,10 @@ def make_figures(
     image_shape: Sequence[int] | None = None,
     command: str | None = None,
     progress: Callable[[str], None] = _progress,
+    figures: Sequence[FigureSpec] = FIGURE_SPECS,
 ) -> FigureOutput:
-    """Draw every figure a run allows into ``RUN_DIR/figures`` and write ``RUN_DIR/report.md``.
+    """Draw every figure of ``figures`` a run allows into ``RUN_DIR/figures`` and write
+    ``RUN_DIR/report.md``.
 
     Args:
       run_dir: the experiment's ``--out`` folder, holding ``results.json``.
@@ -217,175 +473,48 @@ def make_figures(
       image_shape: ``(height, width)`` of the input for Figure 6 (default: square).
       command: the command line quoted in the report.
       progress: called with one line per step.
+      figures: the specs to draw (default ``FIGURE_SPECS``; add your own ``FigureSpec``).
 
     Raises:
       FiguresError: no readable ``results.json``, or no run of ``seed``.
     """
-    from experiments.common import BENCHMARK_DATASETS
-    from spacenet_jax import analysis, plots
-    from spacenet_jax.checkpoint import CheckpointError, config_from_dict
-    from spacenet_jax.config import ConfigError
+    from spacenet_jax.storage.checkpoint import config_from_dict
 
     run_dir = Path(run_dir)
     payload = read_results(run_dir)
-    runs = payload["runs"]
-    record = _run_of_seed(runs, seed, run_dir / "results.json")
-    seed = int(record["seed"])
+    record = _run_of_seed(payload["runs"], seed, run_dir / "results.json")
     config = config_from_dict(record["config"])
-    benchmark = record.get("benchmark")
+    ck_root = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "checkpoints"
+    ctx = FigureContext(
+        run_dir, payload, record, config,
+        _Checkpoints(ck_root, config, int(record["seed"]), record.get("benchmark"), progress),
+        format, dpi, data_dir, dataset, connection_task, connection_layer, pixel_tasks,
+        image_shape, None if compare is None else Path(compare),
+        None if compare_checkpoint_dir is None else Path(compare_checkpoint_dir), progress,
+    )
+    progress(f"{run_dir / 'results.json'}: {record.get('method')} on {ctx.benchmark}, "
+             f"{len(ctx.runs)} run(s); figures of seed {ctx.seed}")
+    no_ck = ctx.no_checkpoints()
+    progress(no_ck or f"checkpoints of seed {ctx.seed}: after tasks {ctx.checkpoints.steps} "
+                      f"in {ctx.checkpoints.folder}")
     out_dir = run_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Path] = {}
+    drawn: dict[str, Path] = {}
     skipped: dict[str, str] = {}
-    notes: list[str] = []
-
-    def draw(name: str, fn: Callable[[Path], Path]) -> None:
-        target = out_dir / f"{name}.{format}"
-        progress(f"drawing {name}")
-        try:
-            figures[name] = fn(target)
-        except (ConfigError, CheckpointError, ValueError, KeyError) as err:
-            skipped[name] = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            progress(f"skipped {name}: {skipped[name]}")
-
-    def skip(name: str, reason: str) -> None:
-        skipped[name] = reason
-        progress(f"skipped {name}: {reason}")
-
-    progress(f"{run_dir / 'results.json'}: {record.get('method')} on {benchmark}, "
-             f"{len(runs)} run(s); figures of seed {seed}")
-    draw("accuracy_matrix", lambda p: plots.plot_accuracy_matrix(runs, p, dpi=dpi))
-    draw("final_task_accuracy", lambda p: plots.plot_final_task_accuracy(
-        runs, p, format=format, save_data=True,
-        title=f"{benchmark} ({record.get('method')}): accuracy on each task after the last",
-        caption="Test accuracy on each task after learning the whole sequence, without task "
-                "identity" + (f"; mean and sd over {len(runs)} seeds." if len(runs) > 1 else "."),
-    ))
-
-    ck_root = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "checkpoints"
-    ck = _Checkpoints(ck_root, config, seed, benchmark, progress)
-    no_ck = (
-        None if ck.steps else
-        f"no checkpoint of seed {seed} in {ck.folder} (run the experiment with "
-        f"--checkpoint-dir, or pass --checkpoint-dir)"
-    )
-    if no_ck:
-        progress(no_ck)
-    else:
-        progress(f"checkpoints of seed {seed}: after tasks {ck.steps} in {ck.folder}")
-
-    def capacity_figure(path: Path) -> Path:
-        if ck.steps:
-            cap = analysis.capacity_over_tasks([ck.state(s) for s in ck.steps], config)
+    for spec in figures:
+        path, reason = _draw_figure(spec, ctx, out_dir)
+        if path is not None:
+            drawn[spec.name] = path
         else:
-            cap = analysis.capacity_from_record(record, config)
-        return plots.plot_capacity(
-            cap, path, dpi=dpi,
-            title=f"Capacity used after each task ({METHOD_LABELS.get(config.method, '')}, "
-                  f"seed {seed})",
-        )
-
-    draw("capacity", capacity_figure)
-
-    mlp_only = (
-        f"this run is a CNN ({config.conv_layers} conv layers): Figures 4-6 are drawn for MLPs"
-        if config.is_cnn else None
-    )
-
-    # Figure 4: activations of task 1's test images after task 1.
-    if mlp_only or no_ck:
-        skip("fig4_activations", mlp_only or no_ck)
-    elif 1 not in ck.steps:
-        skip("fig4_activations", f"no checkpoint after task 1 in {ck.folder} (has {ck.steps})")
-    else:
-        data = dataset
-        if data is None:
-            from spacenet_jax.data import DatasetError
-            from spacenet_jax.inspect import load_checkpoint_dataset
-
-            try:
-                name = ck.dataset_name() or BENCHMARK_DATASETS.get(benchmark or "")
-                if not name:
-                    raise DatasetError("the checkpoint names no dataset")
-                progress(f"loading the {name} test images")
-                data = load_checkpoint_dataset(name, data_dir)
-            except (DatasetError, CheckpointError) as err:
-                skip("fig4_activations",
-                     f"cannot load the test images ({str(err).splitlines()[0]}); pass --data-dir")
-        if data is not None:
-            def fig4(path: Path) -> Path:
-                acts, labels = analysis.task_activations(
-                    ck.state(1), config, data.test_images, data.test_labels, task=0
-                )
-                return plots.plot_activations(
-                    acts, labels, path, dpi=dpi,
-                    title=f"Hidden activations of task 1's test images after task 1 "
-                          f"({METHOD_LABELS.get(config.method, config.method)}, seed {seed})",
-                )
-
-            draw("fig4_activations", fig4)
-
-    # Figure 5: a task's connections as allocated and after its training.
-    task5 = min(connection_task, config.num_tasks) - 1
-    layer5 = min(connection_layer, config.num_layers - 1)
-    if mlp_only or no_ck:
-        skip("fig5_connections", mlp_only or no_ck)
-    elif not config.sparse:
-        skip("fig5_connections", f"method {config.method!r} is dense: each task owns every "
-                                 f"connection")
-    elif task5 + 1 not in ck.steps or (task5 > 0 and task5 not in ck.steps):
-        skip("fig5_connections", f"needs the checkpoints after tasks {task5} and {task5 + 1} "
-                                 f"(task 0: the initial state); {ck.folder} has {ck.steps}")
-    else:
-        def fig5(path: Path) -> Path:
-            progress(f"re-running the allocation of task {task5 + 1} (begin_task)")
-            allocated = analysis.initial_allocation(ck.state(task5), config)
-            conn = analysis.task_connections(allocated, ck.state(task5 + 1), config, layer5)
-            return plots.plot_connections(conn, path, dpi=dpi)
-
-        draw("fig5_connections", fig5)
-
-    # Figure 6: connections per input pixel, beside the comparison run.
-    if mlp_only or no_ck:
-        skip("fig6_input_connections", mlp_only or no_ck)
-    elif not config.sparse:
-        skip("fig6_input_connections", f"method {config.method!r} is dense: every pixel has "
-                                       f"every connection")
-    else:
-        last = ck.steps[-1]
-        wanted = (
-            [t - 1 for t in pixel_tasks] if pixel_tasks else _default_pixel_tasks(config.num_tasks)
-        )
-        tasks6 = [t for t in wanted if 0 <= t < last]
-        label = METHOD_LABELS.get(config.method, config.method)
-
-        def fig6(path: Path) -> Path:
-            maps = {label: analysis.input_connection_counts(
-                ck.state(last), config, tasks6, image_shape)}
-            if compare is not None:
-                other = _compare_maps(compare, compare_checkpoint_dir, seed, tasks6,
-                                      image_shape, notes, progress)
-                if other is not None:
-                    maps[other[0] if other[0] != label else f"{label} (compare)"] = other[1]
-            return plots.plot_input_connections(
-                maps, tasks6, path, task_classes=config.task_classes, dpi=dpi,
-                title=f"Connections of each task leaving each input pixel (seed {seed}, "
-                      f"after {last} tasks)",
-            )
-
-        if not tasks6:
-            skip("fig6_input_connections", f"none of tasks {[t + 1 for t in wanted]} is learned "
-                                           f"in the last checkpoint (after {last} tasks)")
-        else:
-            draw("fig6_input_connections", fig6)
-
+            skipped[spec.name] = reason
     report = run_dir / "report.md"
     progress(f"writing {report}")
     report.write_text(render_report(
-        payload, run_dir, figures, skipped, notes, seed=seed, compare=compare,
-        command=command, checkpoints=None if no_ck else ck.folder,
+        payload, run_dir, drawn, skipped, ctx.notes, seed=ctx.seed, compare=compare,
+        command=command, checkpoints=None if no_ck else ctx.checkpoints.folder,
+        headings={f.name: (f.heading, f.description) for f in figures},
     ))
-    return FigureOutput(figures, skipped, notes, report)
+    return FigureOutput(drawn, skipped, ctx.notes, report)
 
 
 def _compare_maps(
@@ -398,9 +527,9 @@ def _compare_maps(
     progress: Callable[[str], None],
 ) -> tuple[str, Any] | None:
     """Figure 6's maps of the comparison run (same seed if it has it), or None with a note."""
-    from spacenet_jax import analysis
-    from spacenet_jax.checkpoint import CheckpointError, config_from_dict
-    from spacenet_jax.config import ConfigError
+    from spacenet_jax.analysis import figure_data as analysis
+    from spacenet_jax.core.config import ConfigError
+    from spacenet_jax.storage.checkpoint import CheckpointError, config_from_dict
 
     compare = Path(compare)
     try:
@@ -505,8 +634,10 @@ def render_report(
     compare: str | Path | None = None,
     command: str | None = None,
     checkpoints: Path | None = None,
+    headings: Mapping[str, tuple[str, str]] = FIGURES,
 ) -> str:
-    """The Markdown report of a run: configuration, accuracy, metrics, figures, versions."""
+    """The Markdown report of a run: configuration, accuracy, metrics, figures, versions.
+    ``headings``: figure name -> (heading, description), default ``FIGURES``."""
     runs = payload["runs"]
     first = runs[0]
     method, benchmark = first.get("method"), first.get("benchmark")
@@ -577,7 +708,7 @@ def render_report(
             lines.append(f"- Comparison run `{compare}`: {err}")
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
-        heading, description = FIGURES.get(name, (name, ""))
+        heading, description = headings.get(name, (name, ""))
         rel = path.relative_to(run_dir).as_posix()
         lines += [f"### {heading}", ""]
         if path.suffix.lower() == ".png":

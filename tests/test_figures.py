@@ -21,12 +21,14 @@ from conftest import TINY, TINY_CNN, synthetic_dataset
 from matplotlib.image import imread
 
 from experiments import figures as figures_cli
-from experiments.common import results_file, write_json_atomic
-from spacenet_jax import analysis, plots
-from spacenet_jax.checkpoint import TaskCheckpointer, restore_task, seed_dir
-from spacenet_jax.config import ConfigError, SpaceNetConfig
-from spacenet_jax.runner import run_task_sequence
-from spacenet_jax.state import FREE, init_state
+from spacenet_jax.analysis import figure_data as analysis
+from spacenet_jax.analysis import plots
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
+from spacenet_jax.core.state import FREE, init_state
+from spacenet_jax.running.runner import run_task_sequence
+from spacenet_jax.running.study import results_file
+from spacenet_jax.storage.checkpoint import TaskCheckpointer, restore_task, seed_dir
+from spacenet_jax.storage.results_io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = "synthetic"
@@ -271,7 +273,8 @@ def test_final_task_accuracy_as_pdf_with_its_data(records, tmp_path):
 
 
 def test_cli_end_to_end(run_dir, static_dir, data, monkeypatch, capsys):
-    monkeypatch.setattr("spacenet_jax.inspect.load_checkpoint_dataset", lambda name, d: data)
+    monkeypatch.setattr("spacenet_jax.analysis.inspect.load_checkpoint_dataset",
+                        lambda name, d: data)
     assert figures_cli.main([str(run_dir), "--compare", str(static_dir), "--dpi", "50"]) == 0
     out, err = capsys.readouterr()
     printed = [Path(line) for line in out.split()]
@@ -330,3 +333,34 @@ def test_cli_missing_results_exits_2(tmp_path):
 def test_cli_unknown_seed_exits_2(run_dir, capsys):
     assert figures_cli.main([str(run_dir), "--seed", "7"]) == 2
     assert "no run of seed 7" in capsys.readouterr().err
+
+
+def test_figures_are_a_table_that_takes_new_specs(run_dir, tmp_path):
+    """A user's ``FigureSpec`` is drawn (or skipped with its reason) and reported beside the
+    built-in ones; the run's context gives it the records and the checkpoints."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures", "report.md"))
+    seen = {}
+
+    def draw_masks(ctx: figures_cli.FigureContext, path: Path) -> Path:
+        state = ctx.checkpoints.state(ctx.checkpoints.steps[-1])
+        seen["steps"], seen["seed"] = ctx.checkpoints.steps, ctx.seed
+        seen["active"] = int(sum((np.asarray(o) >= 0).sum() for o in state.connection_owner))
+        path.write_bytes(b"not really a png")
+        path.with_suffix(".json").write_text(json.dumps({"active": seen["active"]}))
+        return path
+
+    mine = figures_cli.FigureSpec("masks", "Masks after the last task", "Connections in use.",
+                                  draw_masks)
+    never = figures_cli.FigureSpec("never", "Never drawn", "", draw_masks,
+                                   unavailable=lambda ctx: "needs something this run lacks")
+    built_in = {s.name: s for s in figures_cli.FIGURE_SPECS}
+    out = figures_cli.make_figures(copy, figures=[built_in["accuracy_matrix"], mine, never],
+                                   progress=lambda line: None)
+    assert list(out.figures) == ["accuracy_matrix", "masks"]
+    assert out.skipped == {"never": "needs something this run lacks"}
+    assert seen["steps"] == [1, 2, 3] and seen["seed"] == 0 and seen["active"] > 0
+    report = out.report.read_text()
+    assert "### Masks after the last task" in report and "Connections in use." in report
+    assert "- `never`: needs something this run lacks" in report
+    assert not (copy / "figures" / "capacity.png").exists()  # only the specs asked for
