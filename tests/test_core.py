@@ -234,14 +234,20 @@ def test_grow_takes_top_outer_product_among_free_selected_positions():
     np.testing.assert_array_equal(np.asarray(new_owner)[owner == 0], 0)
 
 
-def test_rewire_keeps_counts_and_starts_grown_weights_at_zero():
-    config = TINY
+def _one_epoch_into_task_2(config):
+    """A state after task 1, then task 2 begun and trained for one epoch (not rewired)."""
     data = synthetic_dataset()
     state = trained_state(tasks=1, data=data)
     t = tasks_for(config, data)[1]
     state, _ = begin_task(state, config)
     state, _ = train_epoch(state, config, t.images, t.labels, t.indices,
                            jnp.asarray(t.num_examples))
+    return state
+
+
+def test_rewire_keeps_counts_and_starts_grown_weights_at_zero():
+    config = TINY
+    state = _one_epoch_into_task_2(config)
     after, shortfall = rewire(state, config)
     assert int(np.sum(shortfall)) == 0
     assert_invariants(state, after, config)
@@ -265,12 +271,7 @@ def test_rewire_keeps_counts_and_starts_grown_weights_at_zero():
 
 def test_reservation_takes_most_important_selected_neurons():
     config = TINY
-    data = synthetic_dataset()
-    state = trained_state(tasks=1, data=data)
-    t = tasks_for(config, data)[1]
-    state, _ = begin_task(state, config)
-    state, _ = train_epoch(state, config, t.images, t.labels, t.indices,
-                           jnp.asarray(t.num_examples))
+    state = _one_epoch_into_task_2(config)
     after = reserve_neurons(state, config)
     assert_invariants(state, after, config)
     a = neuron_importance(state.importance)
@@ -292,12 +293,7 @@ def test_reservation_takes_most_important_selected_neurons():
 
 def test_end_of_task_stores_output_columns_and_prediction_restores_them():
     config = TINY
-    data = synthetic_dataset()
-    state = trained_state(tasks=1, data=data)
-    t = tasks_for(config, data)[1]
-    state, _ = begin_task(state, config)
-    state, _ = train_epoch(state, config, t.images, t.labels, t.indices,
-                           jnp.asarray(t.num_examples))
+    state = _one_epoch_into_task_2(config)
     live = np.asarray(state.weights[-1])
     stored = store_output_weights(state, config)
     cols = config.class_masks()[1]
@@ -308,7 +304,7 @@ def test_end_of_task_stores_output_columns_and_prediction_restores_them():
     ended = end_task(state, config)
     assert int(ended.task) == 2
     # Prediction with stored columns equals prediction with the live network put back.
-    x = jnp.asarray(data.test_images)
+    x = jnp.asarray(synthetic_dataset().test_images)
     assert np.array_equal(np.asarray(predict(ended, config, x)),
                           np.asarray(predict(state.replace(task=jnp.asarray(2)), config, x)))
 
