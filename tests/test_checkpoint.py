@@ -641,3 +641,18 @@ def test_cli_refuses_an_unusable_checkpoint_dir_before_any_work(tmp_path, capsys
                         argv=["--quiet", "--checkpoint-dir", str(a_file)])
     assert stopped.value.code == 2
     assert f"error: {a_file} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_earlier_state_format_is_refused_as_such(saved_run, tmp_path):
+    """Written before the optimiser state held the learning rate and momentum (a meta without
+    ``state_format``, its checksum intact): refused as an earlier format, not as corrupt."""
+    root = _copy_seed(saved_run, tmp_path)
+    meta_file = _meta_file(root, 3)
+    meta = json.loads(meta_file.read_text())
+    del meta["state_format"]
+    meta["meta_sha256"] = meta_checksum(meta)
+    meta_file.write_text(json.dumps(meta))
+    assert read_metadata(seed_dir(root, 2))["record"] == meta["record"]  # the record stays
+    with pytest.raises(CheckpointError, match="state of format 1, written by an earlier") as err:
+        restore_task(seed_dir(root, 2), CONFIG, 2)
+    assert "corrupt" not in str(err.value)

@@ -746,3 +746,60 @@ def plot_capacity(
         f"after each task; final network: {network[-1]:.1f}% of the connections."
     )
     return _save(fig, path, format, caption, {"figure": "capacity", **capacity})
+
+
+# ---- a hyper-parameter sweep ---------------------------------------------------------------
+
+
+def plot_sweep(
+    sweep: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    format: str | None = None,
+    dpi: int = 100,
+) -> pathlib.Path:
+    """Validation accuracy of every setting of a sweep against each swept parameter.
+
+    Args:
+      sweep: ``experiments.sweep``'s ``sweep.json`` content: ``parameters`` (names) and
+        ``settings`` (each with ``setting``, a name -> value dict, and
+        ``validation_final_avg_acc``, ``{"mean", "std", ...}`` fractions or None).
+      path, title, caption, format, dpi: as for ``plot_accuracy_matrix``.
+
+    One panel per parameter: each setting is a dot at its value with its sd over seeds as an
+    error bar (in %); the best setting is drawn in red. A log axis for a parameter whose values
+    span more than a factor of 10; tuple values are shown as text categories.
+    """
+    rows = [r for r in sweep["settings"] if r.get("validation_final_avg_acc")]
+    names = list(sweep["parameters"])
+    if not rows or not names:
+        raise ValueError("the sweep has no finished setting to draw")
+    fig = _new_figure((4.0 * len(names) + 0.6, 3.8), dpi)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    best = max(rows, key=lambda r: r["validation_final_avg_acc"]["mean"])
+    for ax, name in zip(axes, names, strict=True):
+        values = [r["setting"].get(name) for r in rows]
+        categorical = any(isinstance(v, (list, tuple)) for v in values)
+        labels = sorted({str(v) for v in values})
+        for r, v in zip(rows, values, strict=True):
+            acc = r["validation_final_avg_acc"]
+            x = labels.index(str(v)) if categorical else v
+            ax.errorbar(x, 100 * acc["mean"], yerr=100 * (acc["std"] or 0.0), fmt="o",
+                        color="#c0392b" if r is best else "#2c6fbb", capsize=3, markersize=5)
+        numeric = [v for v in values if isinstance(v, (int, float))]
+        if categorical:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        elif numeric and min(numeric) > 0 and max(numeric) > 10 * min(numeric):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("Validation average accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "Validation accuracy of each setting", fontsize=10)
+    n = len(sweep.get("seeds", []))
+    caption = caption or (
+        f"Each dot is one setting: mean validation accuracy after the last task over its seeds "
+        f"({n} asked), error bar the sd; red: the best ({best['name']})."
+    )
+    return _save(fig, path, format, caption, {"figure": "sweep", **dict(sweep)})

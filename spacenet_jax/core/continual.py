@@ -56,7 +56,10 @@ def begin_task(
     """
     state = state.replace(
         importance=jax.tree.map(jnp.zeros_like, state.importance),
-        opt_state=make_optimizer(config).init(state.params),
+        # fresh moments, the same (possibly traced, per seed) learning rate and momentum
+        opt_state=make_optimizer(config).init(state.params)._replace(
+            hyperparams=state.opt_state.hyperparams
+        ),
     )
     if not config.sparse:
         return claim_all_connections(state, config)

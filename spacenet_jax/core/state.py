@@ -90,9 +90,38 @@ class SpaceNetState:
         return tuple(owner == self.task for owner in self.connection_owner)
 
 
+#: The optimiser's hyper-parameters that are traced values of the state (``opt_state``), not
+#: part of the static configuration: states that differ only in these run as one vmapped
+#: program without recompiling (a sweep, ``running.sweep``).
+TRACED_HYPERPARAMETERS = ("learning_rate", "momentum")
+
+
 def make_optimizer(config: SpaceNetConfig) -> optax.GradientTransformation:
-    """Plain SGD (optionally with momentum), as in the paper."""
-    return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+    """Plain SGD with momentum (``config.momentum``, 0 by default: the paper's plain SGD, the
+    same updates bit for bit), its learning rate and momentum held in the optimiser state
+    (``optax.inject_hyperparams``) and read from there at every step; ``config``'s values are
+    only their initial values (``with_hyperparameters`` sets others)."""
+    return optax.inject_hyperparams(optax.sgd)(
+        learning_rate=config.learning_rate, momentum=config.momentum
+    )
+
+
+def hyperparameters(state: SpaceNetState) -> dict[str, Array]:
+    """The traced hyper-parameters (``TRACED_HYPERPARAMETERS``) the state trains with:
+    float32 scalars (``(S,)`` for a batch of seeds)."""
+    return dict(state.opt_state.hyperparams)
+
+
+def with_hyperparameters(state: SpaceNetState, **values: float | Array) -> SpaceNetState:
+    """``state`` training with other hyper-parameters (names of ``TRACED_HYPERPARAMETERS``);
+    kept from task to task (``begin_task`` resets the optimiser's moments, not these)."""
+    unknown = sorted(set(values) - set(TRACED_HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(f"{unknown} are not traced hyper-parameters; choose among "
+                         f"{list(TRACED_HYPERPARAMETERS)}")
+    current = state.opt_state.hyperparams
+    merged = {**current, **{k: jnp.asarray(v, current[k].dtype) for k, v in values.items()}}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=merged))
 
 
 def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:

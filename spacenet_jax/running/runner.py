@@ -7,9 +7,10 @@ per task and layer, free neurons per hidden layer after each task, and wall-cloc
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from spacenet_jax.core.config import ConfigError, SpaceNetConfig, matches_saved
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig, matches_saved, validate
 from spacenet_jax.core.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.core.inputs import check_images, check_labels
 from spacenet_jax.core.stages import training_stages
@@ -27,6 +28,7 @@ from spacenet_jax.core.state import (
     connections_used,
     free_neuron_counts,
     init_state,
+    with_hyperparameters,
 )
 from spacenet_jax.running import metrics
 from spacenet_jax.running.evaluation import class_and_task_il_accuracies, predict_in_chunks
@@ -129,6 +131,7 @@ def run_task_sequences(
     resume_from: dict[int, tuple[SpaceNetState, dict[str, Any]]] | None = None,
     on_epoch_end: EpochEndCallback | None = None,
     devices: list[jax.Device] | None = None,
+    settings: Sequence[Mapping[str, float]] | None = None,
 ) -> list[tuple[SpaceNetState, dict[str, Any]]]:
     """``run_task_sequence`` for several seeds at once: one vmapped program per epoch.
 
@@ -146,6 +149,11 @@ def run_task_sequences(
       resume_from: per seed, ``(state, record)`` to continue from; seeds given here must all be
         at the same task, and every other seed starts fresh, so either every seed or none of
         them is in it (``study.seed_batches`` groups the seeds by where they resume).
+      settings: per entry of ``seeds``, traced hyper-parameters
+        (``core.state.TRACED_HYPERPARAMETERS``, e.g. ``{"learning_rate": 0.02}``) that member
+        trains with instead of ``config``'s, in the same compiled program (a sweep); its record's
+        ``config`` names them, and it equals the run of that configuration. A seed may then
+        repeat with other settings. Not with ``resume_from``.
       Other arguments: as for ``run_task_sequence``.
 
     Returns:
@@ -153,8 +161,14 @@ def run_task_sequences(
     """
     check_dataset(config, dataset)
     dataset = hold_out_validation(dataset, config.validation_per_class, config.validation_seed)
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError(f"seeds must be distinct and at least one: {seeds}")
+    if settings is not None and len(settings) != len(seeds):
+        raise ValueError(f"{len(settings)} settings for {len(seeds)} seeds: give one per seed")
+    members = [(s, tuple(sorted(st.items()))) for s, st in
+               zip(seeds, settings or [{}] * len(seeds), strict=True)]
+    if len(set(members)) != len(members) or not seeds:
+        raise ValueError(f"seeds must be distinct (per setting) and at least one: {seeds}")
+    if settings is not None and resume_from:
+        raise ValueError("settings cannot be combined with resume_from")
     resume_from = resume_from or {}
     if resume_from and set(resume_from) != set(seeds):
         raise ValueError("resume_from must cover every seed or none (group seeds by task)")
@@ -162,10 +176,10 @@ def run_task_sequences(
         _check_resume(config, seed, benchmark, state, record)
     if len({int(state.task) for state, _ in resume_from.values()}) > 1:
         raise ValueError("the resumed seeds are at different tasks; run each group alone")
-    if len(seeds) == 1:  # nothing to batch: the single-seed program
+    if len(seeds) == 1 and settings is None:  # nothing to batch: the single-seed program
         seeds_ = _OneSeed(config, dataset, seeds[0], resume_from.get(seeds[0]))
     else:
-        seeds_ = _VmappedSeeds(config, dataset, seeds, resume_from, devices)
+        seeds_ = _VmappedSeeds(config, dataset, seeds, resume_from, devices, settings)
     states, records = _run_sequence(
         config, dataset, seeds_, [resume_from[s][1] for s in seeds] if resume_from else None,
         benchmark=benchmark, progress=progress, on_task_end=on_task_end,
@@ -182,7 +196,7 @@ class _OneSeed:
 
     def __init__(self, config: SpaceNetConfig, dataset: ImageDataset, seed: int,
                  resume_from: tuple[SpaceNetState, dict[str, Any]] | None) -> None:
-        self.config, self.seeds = config, [seed]
+        self.config, self.seeds, self.configs = config, [seed], [config]
         stages = training_stages(config, task_indices(dataset.train_labels, config.task_classes),
                                  seed)
         self.tasks = make_task_data(
@@ -212,10 +226,12 @@ class _VmappedSeeds:
 
     def __init__(self, config: SpaceNetConfig, dataset: ImageDataset, seeds: list[int],
                  resume_from: dict[int, tuple[SpaceNetState, dict[str, Any]]],
-                 devices: list[jax.Device] | None) -> None:
+                 devices: list[jax.Device] | None,
+                 settings: Sequence[Mapping[str, float]] | None = None) -> None:
         from spacenet_jax.running import multiseed
 
         self.config, self.seeds, self.multiseed = config, seeds, multiseed
+        self.configs = member_configs(config, seeds, settings)
         devices = multiseed.seed_devices(len(seeds), devices)
         self.devices = len(devices)
         self.mesh = multiseed.seed_mesh(devices)  # None for one device: plain vmap
@@ -243,6 +259,9 @@ class _VmappedSeeds:
             singles = [jax.device_put(resume_from[seed][0]) for seed in self.padded]
         else:
             singles = [init_state(config, seed) for seed in self.padded]
+        if settings is not None:
+            singles = [with_hyperparameters(st, **setting) for st, setting in
+                       zip(singles, multiseed.pad_seeds(settings, len(devices)), strict=True)]
         self.state = shard(multiseed.stack_states(singles))
 
     def put(self, images: np.ndarray) -> np.ndarray:
@@ -342,8 +361,8 @@ def _run_sequence(
     if first:
         singles = seeds_.states()
         records = [
-            log.record(benchmark, seed, config, st, time.perf_counter() - start, seeds)
-            for log, seed, st in zip(logs, seeds, singles, strict=True)
+            log.record(benchmark, seed, cfg, st, time.perf_counter() - start, seeds)
+            for log, seed, cfg, st in zip(logs, seeds, seeds_.configs, singles, strict=True)
         ]
     for t in range(first, stages):
         task_start = time.perf_counter()
@@ -380,14 +399,35 @@ def _run_sequence(
             )
         total = time.perf_counter() - start
         records = [
-            log.record(benchmark, seed, config, st, total, seeds)
-            for log, seed, st in zip(logs, seeds, singles, strict=True)
+            log.record(benchmark, seed, cfg, st, total, seeds)
+            for log, seed, cfg, st in zip(logs, seeds, seeds_.configs, singles, strict=True)
         ]
         if on_task_end is not None:
             for seed, st, record in zip(seeds, singles, records, strict=True):
                 on_task_end(seed, t, st, record)
     bar.close()
     return singles, records
+
+
+def member_configs(
+    config: SpaceNetConfig, seeds: Sequence[int], settings: Sequence[Mapping[str, float]] | None
+) -> list[SpaceNetConfig]:
+    """The configuration of each member of a batch: ``config`` with that member's traced
+    hyper-parameters (``settings``, one per seed), each checked (``ConfigError``)."""
+    from spacenet_jax.core.state import TRACED_HYPERPARAMETERS
+
+    if settings is None:
+        return [config] * len(seeds)
+    configs = []
+    for setting in settings:
+        unknown = sorted(set(setting) - set(TRACED_HYPERPARAMETERS))
+        if unknown:
+            raise ConfigError(f"{unknown} change the compiled program and cannot vary within "
+                              f"a batch; only {list(TRACED_HYPERPARAMETERS)} can")
+        member = dataclasses.replace(config, **setting)
+        validate(member)
+        configs.append(member)
+    return configs
 
 
 def _seed_label(seeds: list[int]) -> str:

@@ -57,6 +57,9 @@ from spacenet_jax.core.state import SpaceNetState, init_state
 
 #: Version of the ``meta`` item's layout.
 FORMAT_VERSION = 1
+#: Version of the saved state's tree: 2 since the optimiser state holds the learning rate and
+#: momentum (``core.state.make_optimizer``); a meta without ``state_format`` is version 1.
+STATE_FORMAT = 2
 _SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
@@ -233,6 +236,7 @@ class TaskCheckpointer:
         self._refuse_existing(step)
         meta = {
             "format": FORMAT_VERSION,
+            "state_format": STATE_FORMAT,
             "benchmark": self.benchmark,
             "dataset": self.dataset,
             "seed": self.seed,
@@ -498,6 +502,14 @@ def restore_task(
     step = _pick_step(directory, task)
     meta = read_metadata(directory, step)
     check_compatible(meta, config, seed, benchmark=benchmark, where=directory / str(step))
+    if meta.get("state_format", 1) != STATE_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {directory / str(step)} holds a state of format "
+            f"{meta.get('state_format', 1)}, written by an earlier spacenet-jax whose optimiser "
+            f"state did not carry the learning rate and momentum; this version reads format "
+            f"{STATE_FORMAT}. Its record (results.json) stays valid; to continue the seed, "
+            f"run it again in another --checkpoint-dir"
+        )
     target = jax.tree.map(
         lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(lambda: init_state(config, seed))
     )
