@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -336,6 +336,7 @@ def main(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     make_config: Callable[[argparse.Namespace, SpaceNetConfig], SpaceNetConfig] | None = None,
     load: Callable[[str | None, bool], ImageDataset] | None = None,
+    presets: Mapping[str, SpaceNetConfig] | None = None,
 ) -> dict[str, Any]:
     """Parse flags, run every seed, print the table and write ``results.json`` and a PNG.
 
@@ -346,11 +347,24 @@ def main(
       add_arguments: adds an experiment's own flags to the parser.
       make_config: ``(args, defaults) -> config`` (default ``config_from_args``).
       load: ``(data_dir, quiet) -> dataset`` (default: ``load_dataset(dataset_name)``).
+      presets: named configurations (``--preset NAME``) whose values become the flags'
+        defaults instead of ``defaults`` (e.g. ``tuned``: chosen on a validation split).
     """
     from spacenet_jax.running.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
+    preset_help = None
+    if presets:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--preset", choices=list(presets), default=None)
+        chosen = pre.parse_known_args(argv)[0].preset
+        if chosen is not None:
+            defaults = presets[chosen]
+        preset_help = ("start from a named configuration (every other flag still overrides "
+                       "it): " + ", ".join(presets) + "; default: the paper's")
     parser = build_parser(description, defaults)
+    if presets:
+        parser.add_argument("--preset", choices=list(presets), default=None, help=preset_help)
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds already in OUT/results.json and run the others; "
                         "with --checkpoint-dir, continue unfinished seeds from their latest "

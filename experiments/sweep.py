@@ -108,7 +108,9 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
                 search_seed: int) -> list[Setting]:
     """``count`` settings drawn from ``--space`` entries: ``NAME=log:LO:HI`` (log-uniform),
     ``NAME=uniform:LO:HI``, ``NAME=choice:A,B,...``; ints are rounded, floats kept to 4
-    significant digits, all from ``numpy.random.default_rng(search_seed)``."""
+    significant digits, all from ``numpy.random.default_rng(search_seed)``. A draw the
+    network cannot take (``ConfigError``, e.g. more output connections than positions) is
+    drawn again."""
     rng = np.random.default_rng(search_seed)
     spaces = []
     for entry in entries:
@@ -127,8 +129,10 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
         else:
             raise SweepError(f"--space {entry!r}: write NAME=log:LO:HI, NAME=uniform:LO:HI or "
                              f"NAME=choice:A,B,...")
-    settings = []
-    for _ in range(count):
+    settings: list[Setting] = []
+    for _ in range(100 * count):  # draws the network cannot take are drawn again
+        if len(settings) == count:
+            break
         setting: Setting = {}
         for name, kind, space in spaces:
             if kind == "choice":
@@ -140,7 +144,14 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
                 value = round(x) if isinstance(getattr(base, name), int) \
                     else float(f"{x:.4g}")
             setting[name] = value
+        try:
+            dataclasses.replace(base, **setting)
+        except ConfigError:
+            continue
         settings.append(setting)
+    if len(settings) < count:
+        raise SweepError(f"only {len(settings)} of {count} draws from {list(entries)} are "
+                         f"configurations the network can take; widen or fix the space")
     return settings
 
 

@@ -137,3 +137,29 @@ def test_cli_refuses_a_sweep_without_validation_and_an_impossible_setting(tmp_pa
         sweep.main(["--grid", "momentum=0,1.5", "--out", str(tmp_path / "m")],
                    dataset=synthetic_dataset())
     assert err.value.code == 2 and "momentum must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_random_draws_the_network_cannot_take_are_drawn_again():
+    space = ["connections_per_task=choice:60/30/8,60/30/9999", "momentum=uniform:0:0.9"]
+    drawn = sweep.draw_random(space, 6, BASE, search_seed=0)
+    assert len(drawn) == 6 and all(s["connections_per_task"] == (60, 30, 8) for s in drawn)
+    with pytest.raises(sweep.SweepError, match="only 0 of 2 draws"):
+        sweep.draw_random(["connections_per_task=choice:60/30/9999"], 2, BASE, search_seed=0)
+
+
+def test_a_preset_sets_the_flags_defaults_and_flags_still_override(data):
+    from experiments.common import main
+
+    presets = {"paper": TINY, "mine": dataclasses.replace(TINY, learning_rate=0.05,
+                                                           specific_neurons=(3, 3))}
+
+    def run(*flags):
+        return main(BENCH, BENCH, "d", TINY, ["--epochs", "1", "--quiet", *flags],
+                    load=lambda data_dir, quiet: data, presets=presets)["runs"][0]["config"]
+
+    assert run()["learning_rate"] == TINY.learning_rate
+    mine = run("--preset", "mine")
+    assert mine["learning_rate"] == 0.05 and tuple(mine["specific_neurons"]) == (3, 3)
+    assert run("--preset", "mine", "--lr", "0.02")["learning_rate"] == 0.02
+    with pytest.raises(SystemExit):
+        run("--preset", "nonsense")

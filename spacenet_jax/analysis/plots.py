@@ -769,8 +769,8 @@ def plot_sweep(
       path, title, caption, format, dpi: as for ``plot_accuracy_matrix``.
 
     One panel per parameter: each setting is a dot at its value with its sd over seeds as an
-    error bar (in %); the best setting is drawn in red. A log axis for a parameter whose values
-    span more than a factor of 10; tuple values are shown as text categories.
+    error bar (in %); the best setting is drawn in red. A log axis for the learning rate and for
+    a parameter whose values span more than a factor of 100; tuple values are text categories.
     """
     rows = [r for r in sweep["settings"] if r.get("validation_final_avg_acc")]
     names = list(sweep["parameters"])
@@ -791,8 +791,13 @@ def plot_sweep(
         numeric = [v for v in values if isinstance(v, (int, float))]
         if categorical:
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
-        elif numeric and min(numeric) > 0 and max(numeric) > 10 * min(numeric):
+        elif numeric and min(numeric) > 0 and (name == "learning_rate"
+                                               or max(numeric) > 100 * min(numeric)):
+            from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(LogFormatterSciNotation())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(name)
         ax.set_ylabel("Validation average accuracy (%)")
         ax.grid(alpha=0.3)
