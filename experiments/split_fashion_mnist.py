@@ -6,6 +6,7 @@ Fashion-MNIST's own training-set mean and standard deviation.
     python -m experiments.split_fashion_mnist --seed 3
     python -m experiments.split_fashion_mnist --seeds 0-9 --data-dir ../shared/datasets \
         --out runs/fmnist
+    python -m experiments.split_fashion_mnist --preset tuned --seeds 0-9
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.common import main
-from experiments.split_mnist import SPLIT_MNIST
+from experiments.split_mnist import SPLIT_MNIST, SPLIT_MNIST_TUNED
 
 #: Split MNIST's setup; only the input statistics differ (Fashion-MNIST's training set).
 SPLIT_FASHION_MNIST = dataclasses.replace(SPLIT_MNIST, input_mean=0.2860, input_std=0.3530)
 
+#: Split MNIST's tuned settings, checked on Fashion-MNIST's own validation split (500 images
+#: per class held out, seeds 0-9: 63.63 +- 2.84 % against 60.78 +- 4.45 for the paper's).
+SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(
+    SPLIT_MNIST_TUNED, input_mean=SPLIT_FASHION_MNIST.input_mean,
+    input_std=SPLIT_FASHION_MNIST.input_std,
+)
+
+PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED}
+
 if __name__ == "__main__":
-    main("split_fashion_mnist", "fashion_mnist", __doc__.splitlines()[0], SPLIT_FASHION_MNIST)
+    main("split_fashion_mnist", "fashion_mnist", __doc__.splitlines()[0], SPLIT_FASHION_MNIST,
+         presets=PRESETS)

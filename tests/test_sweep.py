@@ -163,3 +163,20 @@ def test_a_preset_sets_the_flags_defaults_and_flags_still_override(data):
     assert run("--preset", "mine", "--lr", "0.02")["learning_rate"] == 0.02
     with pytest.raises(SystemExit):
         run("--preset", "nonsense")
+
+
+@pytest.mark.parametrize("module", ["split_mnist", "split_fashion_mnist"])
+def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(module, capsys):
+    import importlib
+
+    from experiments.common import main
+
+    presets = importlib.import_module(f"experiments.{module}").PRESETS
+    paper, tuned = presets["paper"], presets["tuned"]
+    changed = {f.name for f in dataclasses.fields(paper)
+               if getattr(paper, f.name) != getattr(tuned, f.name)}
+    assert changed == {"selected_neurons", "connections_per_task", "rewire_ratio"}
+    plan = main(module, "unused", "d", paper, ["--preset", "tuned", "--dry-run"],
+                presets=presets)["plan"]
+    assert plan  # the whole sequence fits the network
+    assert "50" in capsys.readouterr().out
