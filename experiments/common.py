@@ -208,10 +208,11 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
     )
 
 
-def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file=sys.stdout) -> None:
+def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], file: Any = None) -> None:
     """The final table: per seed, each task's accuracy after the last task, the average (the
     paper's metric), the task-incremental average, the accuracy over all test images and the
     average forgetting, all in %, as everything people read (the JSON files hold fractions)."""
+    file = file or sys.stdout  # at call time (a redirected or captured stdout)
     pct = metrics.percent
     T = len(runs[0]["final_task_acc"])
     head = " ".join(f"task{j + 1:>2}" for j in range(T))
