@@ -158,8 +158,9 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
 def setting_name(setting: Setting) -> str:
     """A folder name that says the setting: ``learning_rate=0.02,momentum=0.9``."""
     def text(v: Any) -> str:
-        return "/".join(map(str, v)).replace("/", "-") if isinstance(v, tuple) else f"{v:g}" \
-            if isinstance(v, float) else str(v)
+        if isinstance(v, tuple):
+            return "-".join(map(str, v))
+        return f"{v:g}" if isinstance(v, float) else str(v)
 
     return ",".join(f"{k}={text(v)}" for k, v in sorted(setting.items())) or "base"
 
@@ -175,7 +176,7 @@ def _summary(runs: list[dict[str, Any]], key: str) -> dict[str, float] | None:
     return metrics.summarize(values) if values else None
 
 
-def sweep_table(base: SpaceNetConfig, settings: list[Setting],
+def sweep_table(settings: list[Setting],
                 runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per setting: its values, where its results are, its seeds done and its validation
     summaries; ranked by mean validation final average accuracy (best first)."""
@@ -230,7 +231,7 @@ def run_sweep(
     any training.
     """
     from spacenet_jax.running.interrupts import deferred_interrupts
-    from spacenet_jax.running.runner import member_configs, run_task_sequences
+    from spacenet_jax.running.runner import run_task_sequences
     from spacenet_jax.running.study import results_file
 
     names = [setting_name(s) for s in settings]
@@ -252,7 +253,7 @@ def run_sweep(
     start = time.perf_counter()
 
     def write() -> dict[str, Any]:
-        rows = sweep_table(base, settings, runs)
+        rows = sweep_table(settings, runs)
         payload = {"benchmark": benchmark, "seeds": seeds,
                    "parameters": sorted({k for s in settings for k in s}),
                    "validation_per_class": base.validation_per_class,
@@ -270,7 +271,6 @@ def run_sweep(
         for i in range(0, len(members), size):
             chunk = members[i : i + size]
             traced = [split_setting(s)[1] for s, _ in chunk]
-            member_configs(group, [s for _, s in chunk], traced)  # checked before training
             if progress:
                 print(f"[sweep] {dict(key) or 'base shapes'}: members {i + 1}-{i + len(chunk)} "
                       f"of {len(members)} as one program", file=sys.stderr, flush=True)
