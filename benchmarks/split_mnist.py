@@ -12,12 +12,18 @@ Prints a table and writes JSON (default ``runs/benchmarks/split_mnist.json``):
 * whole process, ``--seeds N`` seeds in one command: as one vmapped program (the default) and
   one seed after another (``--seed-batch 1``), with the ratio of each to one seed (both with
   their programs in the compilation cache, as for the one-seed median);
+* where one seed's whole process spends its time: the same command with ``--out`` (so that it
+  also writes its results file and figure) under ``cProfile``, with the cumulative seconds of
+  its phases (imports, data, initial state, training, evaluation, figure, results file), and
+  ``import experiments.split_mnist`` alone;
 * in this process, one seed's training loop (``learn_task`` for every task: allocation,
-  epochs, drop and grow, reservation; no evaluation): compile time (first run minus the warm
-  median), time per task, training steps per second and the GFLOP/s they achieve;
+  epochs, drop and grow, reservation; no evaluation) on each path of ``training_step``: the
+  sparse step on the task's blocks (``subnetwork``, the default on a CPU) and the masked step
+  on whole matrices (``masked``): compile time (first run minus the warm median), time per
+  task, training steps per second;
 * the floor, measured in the same process: a plain dense MLP of the same shape trained with the
   same loop (one ``lax.scan`` per epoch over the same on-device batches) for the same number of
-  steps, and the ratio SpaceNet / dense;
+  steps, and the ratio of each path to it;
 * in this process, ``--seeds N`` seeds' training loop as one vmapped program
   (``multiseed.learn_tasks``, warm), against N times one seed's: on a GPU or TPU the batch
   costs far less than N single runs, on a CPU about the same.
@@ -26,6 +32,7 @@ Prints a table and writes JSON (default ``runs/benchmarks/split_mnist.json``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -76,6 +83,64 @@ def whole_process(args: list[str], env: dict[str, str]) -> dict[str, float]:
         raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
     usage = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
     return {"wall_s": wall, "cpu_s": usage["cpu_s"], "peak_mib": usage["maxrss_kib"] / 1024}
+
+
+#: Runs a module as ``__main__`` under cProfile and prints, as the last stdout line, the
+#: cumulative seconds of the functions named in argv[1] (JSON: label -> [file suffix, name]).
+_PROFILED_CHILD = """
+import cProfile, json, pstats, runpy, sys, time
+phases = json.loads(sys.argv[1])
+sys.argv = [sys.argv[2], *sys.argv[3:]]
+profile = cProfile.Profile()
+start = time.perf_counter()
+try:
+    profile.runcall(runpy.run_module, sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+wall = time.perf_counter() - start
+stats = pstats.Stats(profile).stats
+found = {label: 0.0 for label in phases}
+for (path, _, name), (_, _, _, cumulative, _) in stats.items():
+    for label, (suffix, function) in phases.items():
+        if name == function and path.replace("\\\\", "/").endswith(suffix):
+            found[label] = max(found[label], cumulative)
+print("BENCH " + json.dumps({"wall_s": wall, "phases": found}))
+"""
+
+#: The phases of a whole run, as (file, function) whose cumulative time is the phase's.
+PHASES = {
+    "import experiments.common (jax, flax, optax, the package)": ["experiments/common.py",
+                                                                 "<module>"],
+    "load the dataset (cached arrays)": ["spacenet_jax/storage/data.py", "load_dataset"],
+    "initial state": ["spacenet_jax/core/state.py", "init_state"],
+    "training (learn_task, 5 tasks)": ["spacenet_jax/core/continual.py", "learn_task"],
+    "evaluation after each task": ["spacenet_jax/running/runner.py", "predict"],
+    "figure (matplotlib)": ["spacenet_jax/analysis/plots.py", "plot_final_task_accuracy"],
+    "results file": ["spacenet_jax/storage/results_io.py", "write_json_atomic"],
+}
+
+
+def profiled_process(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """``python -m <args>`` in a fresh process under cProfile: its wall time (inflated by the
+    profiler) and the cumulative seconds of each of ``PHASES``."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROFILED_CHILD, json.dumps(PHASES), *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"profiled run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
+
+
+def import_seconds(module: str, env: dict[str, str], repeats: int) -> float:
+    """Median seconds of ``import <module>`` in a fresh process."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True)
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(times)
 
 
 def flops_per_step(config: SpaceNetConfig) -> float:
@@ -207,11 +272,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         many_cold = whole_process(many_seeds, env)  # compiles the batched programs
         many = whole_process(many_seeds, env)
         one_by_one = whole_process([*many_seeds, "--seed-batch", "1"], env)
+        profiled = profiled_process([*one_seed, "--out", str(Path(compiled) / "profiled")], env)
+        imports = import_seconds("experiments.split_mnist", env, args.repeats)
         no_cache = whole_process(one_seed, {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": "off"})
     tasks = make_task_data(dataset.train_images, dataset.train_labels,
                            task_indices(dataset.train_labels, config.task_classes),
                            config.batch_size)
-    loop = training_loop(config, tasks, args.repeats)
+    # Each path compiles, then is timed (median of --repeats), then the dense floor.
+    paths = {step: dataclasses.replace(config, training_step=step)
+             for step in ("subnetwork", "masked")}
+    loops = {step: training_loop(cfg, tasks, args.repeats) for step, cfg in paths.items()}
+    loop = loops["subnetwork"]
     floor = dense_floor(config, tasks[0].images, tasks[0].labels, loop["steps"], args.repeats)
     batched = seeds_training_loop(config, tasks, args.seeds, args.repeats)
     batched["ratio_to_one_seed"] = batched["warm_run_s"] / loop["warm_run_s"]
@@ -234,11 +305,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeds": args.seeds, **one_by_one,
             "ratio_to_one_seed": one_by_one["wall_s"] / statistics.median(
                 r["wall_s"] for r in one)},
+        "one_seed_process_profile": {**profiled, "import_experiments_s": imports},
         "many_seeds_training_loop": batched,
         "training_loop": loop,
+        "training_loop_masked": loops["masked"],
         "dense_floor": {"steps": loop["steps"], "seconds": floor,
                         "gflops": flops_per_step(config) * loop["steps"] / floor / 1e9},
         "ratio_spacenet_to_dense": loop["warm_run_s"] / floor,
+        "ratio_masked_to_dense": loops["masked"]["warm_run_s"] / floor,
     }
     write_json_atomic(args.out, result)
     o = result["one_seed_process"]
@@ -255,14 +329,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          f"{one_by_one['wall_s']:.2f} s "
          f"({result['many_seeds_one_by_one_process']['ratio_to_one_seed']:.2f}x one seed), "
          f"{one_by_one['peak_mib']:.0f} MiB"),
+        ("one seed with --out under cProfile (inflated), of which:",
+         f"{profiled['wall_s']:.2f} s"),
+        *((f"  {label}", f"{sec:.2f} s") for label, sec in profiled["phases"].items()),
+        ("import experiments.split_mnist alone (median)", f"{imports:.2f} s"),
         ("compile (first training minus warm)", f"{loop['compile_s']:.2f} s"),
-        ("training loop, one seed (warm)", f"{loop['warm_run_s']:.2f} s "
+        ("training loop, one seed, sparse step (warm)", f"{loop['warm_run_s']:.2f} s "
          f"({', '.join(f'{t:.2f}' for t in loop['per_task_s'])} per task)"),
-        ("training steps / s", f"{loop['steps_per_s']:.0f} ({loop['steps']} steps)"),
-        ("achieved GFLOP/s", f"{loop['gflops']:.0f}"),
+        ("  steps / s", f"{loop['steps_per_s']:.0f} ({loop['steps']} steps)"),
+        ("training loop, one seed, masked step (warm)",
+         f"{loops['masked']['warm_run_s']:.2f} s"),
         ("dense floor, same steps and loop", f"{floor:.2f} s "
          f"({result['dense_floor']['gflops']:.0f} GFLOP/s)"),
-        ("SpaceNet / dense", f"{result['ratio_spacenet_to_dense']:.2f}x"),
+        ("sparse step / dense", f"{result['ratio_spacenet_to_dense']:.2f}x"),
+        ("masked step / dense", f"{result['ratio_masked_to_dense']:.2f}x"),
         (f"training loop, {args.seeds} seeds vmapped (warm)",
          f"{batched['warm_run_s']:.2f} s ({batched['ratio_to_one_seed']:.2f}x one seed)"),
     ]

@@ -224,7 +224,7 @@ def add_cnn_arguments(parser: argparse.ArgumentParser) -> None:
 def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> SpaceNetConfig:
     if not 0 < args.weights_per_task <= 1:
         raise ConfigError(f"--weights-per-task must be in (0, 1], got {args.weights_per_task}")
-    return cnn_config(
+    config = cnn_config(
         defaults.task_classes, defaults.num_classes, maps=args.width, dense=args.dense,
         weights_per_task=args.weights_per_task, budget=args.budget,
         connections=args.connections,
@@ -234,3 +234,4 @@ def cnn_config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> 
         inference=args.inference, learning_rate=args.lr, momentum=args.momentum,
         batch_size=args.batch_size, epochs=args.epochs,
     )
+    return dataclasses.replace(config, training_step=args.training_step)

@@ -16,6 +16,7 @@ from spacenet_jax.core.config import (
     METHODS,
     OUTPUT_COLUMNS,
     TASK_SCORES,
+    TRAINING_STEPS,
     ConfigError,
     SpaceNetConfig,
     parse_int_list,
@@ -186,6 +187,10 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
     h.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per task")
+    h.add_argument("--training-step", choices=list(TRAINING_STEPS),
+                   default=defaults.training_step,
+                   help="how an epoch computes the task's steps (the same training up to float "
+                   "rounding): " + "; ".join(f"{k}: {v}" for k, v in TRAINING_STEPS.items()))
     return p
 
 
@@ -203,6 +208,7 @@ def config_from_args(args: argparse.Namespace, defaults: SpaceNetConfig) -> Spac
         inference=args.inference,
         learning_rate=args.lr,
         momentum=args.momentum,
+        training_step=args.training_step,
         batch_size=args.batch_size,
         epochs=args.epochs,
     )

@@ -418,3 +418,39 @@ def test_task_indices_errors(task_classes, match):
     labels = np.array([0, 1, 2, 3, 5, 5])
     with pytest.raises(ValueError, match=match):
         task_indices(labels, task_classes)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_cache_arrays_are_read_without_copies_and_equal_np_load(tmp_path, save):
+    from spacenet_jax.storage.data import _npz_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.integers(0, 255, (7, 5), dtype=np.uint8),
+              "b": rng.integers(0, 9, (7,)).astype(np.int32),
+              "c": np.asfortranarray(rng.normal(size=(3, 4)))}
+    path = tmp_path / "x.npz"
+    save(path, **arrays)
+    raw = bytearray(path.read_bytes())
+    read = _npz_arrays(raw, ["a", "b", "c"])
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(read[k], v)
+        assert read[k].dtype == v.dtype and read[k].flags.writeable
+    if save is np.savez:  # stored: views of the buffer, not copies
+        assert all(np.shares_memory(read[k], np.frombuffer(raw, np.uint8)) for k in arrays)
+        with pytest.raises(ValueError, match="truncated"):
+            _npz_arrays(_truncated_member(raw), ["a"])
+
+
+def _truncated_member(raw: bytearray) -> bytearray:
+    """``raw`` with member ``a`` one byte short of what its ``.npy`` header announces."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "a.npy":
+                data = data[:-1]  # one byte short of the header's shape
+            dst.writestr(item, data)
+    return bytearray(out.getvalue())

@@ -61,6 +61,15 @@ TASK_SCORES: dict[str, str] = {
     "last hidden features to the class mean (statistics of the task's own training images)",
 }
 
+#: ``SpaceNetConfig.training_step``: how an epoch computes the current task's steps. Both give
+#: the same updates, moments and Omega up to float rounding.
+TRAINING_STEPS: dict[str, str] = {
+    "auto": "subnetwork on the CPU where the configuration allows it, masked otherwise",
+    "masked": "whole weight matrices, gradients and updates masked to the task's connections",
+    "subnetwork": "only the task's blocks between its selected units, gathered to static "
+    "shapes (sparse MLP methods; spacenet_jax.core.subnetwork)",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class SpaceNetConfig:
@@ -123,6 +132,10 @@ class SpaceNetConfig:
         looking at the test set. Which examples are held out depends only on the labels and
         ``validation_seed`` (``storage.data.hold_out_validation``), not on the run's seed.
       validation_seed: seed of the validation draw.
+      training_step: one of ``TRAINING_STEPS``: whether an epoch computes whole weight
+        matrices and masks them (``"masked"``), or only the current task's blocks
+        (``"subnetwork"``, the sparse backward pass; sparse methods on an MLP). The two give the
+        same training up to float rounding; ``"auto"`` (default) takes the blocks on the CPU.
 
     ``selected_neurons[h]`` equal to the layer's width selects *every free* neuron (feature map)
     of that layer, as the paper does for its CNN.
@@ -152,6 +165,7 @@ class SpaceNetConfig:
     pool_after: tuple[int, ...] = ()
     validation_per_class: int = 0
     validation_seed: int = 0
+    training_step: str = "auto"
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so that the config stays hashable (jit-static).
@@ -322,6 +336,7 @@ FLAGS: dict[str, str] = {
     "momentum": "--momentum",
     "batch_size": "--batch-size",
     "epochs": "--epochs",
+    "training_step": "--training-step",
 }
 
 #: Fields that come from the dataset, not from a flag.
@@ -408,6 +423,15 @@ def validate(config: SpaceNetConfig) -> None:
             f"(method spacenet or static, output_columns stored or reserved); method "
             f"{config.method!r} with output_columns {config.output_columns!r} has none: use "
             f"inference='shared'"
+        )
+    if config.training_step not in TRAINING_STEPS:
+        _fail(f"training_step must be one of {', '.join(TRAINING_STEPS)}, got "
+              f"{config.training_step!r}")
+    if config.training_step == "subnetwork" and (not config.sparse or config.is_cnn):
+        _fail(
+            f"training_step='subnetwork' trains a sparse task's blocks of an MLP; method "
+            f"{config.method!r}{' on a CNN' if config.is_cnn else ''} has none: use "
+            f"training_step='masked' or 'auto'"
         )
     if config.validation_per_class < 0:
         _fail(

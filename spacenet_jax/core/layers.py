@@ -1,5 +1,6 @@
-"""The CNN's layers: a 3x3 convolution whose gradient XLA:CPU runs as library convolutions
-everywhere, and a 2x2 max-pool whose gradient is elementwise.
+"""The layers, written so that their gradients cost only what training needs: a 3x3
+convolution whose gradient XLA:CPU runs as library convolutions everywhere, a 2x2 max-pool whose
+gradient is elementwise, and a dense layer split into a frozen rest and a trainable block.
 
 ``conv2d`` is ``lax.conv_general_dilated`` (NHWC images, HWIO kernels, stride 1) with a
 ``jax.custom_vjp`` on the CPU. Differentiated by XLA, the kernel gradient is a convolution with
@@ -25,6 +26,13 @@ there (``use_custom_conv_gradient``).
 paper's first pool at batch 128). A window of tied maxima passes the gradient to each of them
 (divided equally), where ``select_and_scatter`` picks one; after a ReLU, ties happen at zero,
 where the gradient is zero either way, so both give the same gradients (tested).
+
+``block_dense`` is ``x @ W`` with ``W`` given as a constant ``rest`` and a trainable ``block`` at
+some rows and columns (zero in ``rest``): ``x @ rest + place(x[:, rows] @ block)``. Its gradient
+(by plain automatic differentiation, the gather's transpose placing it) is the block's alone,
+``x[:, rows]^T @ g[:, cols]``, at the block's size instead of the whole matrix's; the rest gets
+none. ``spacenet_jax.core.subnetwork`` trains a task's connections with it (the sparse backward
+pass). On the conv layers the same split does not pay: the paper's CNN selects every free map.
 """
 
 from __future__ import annotations
@@ -114,6 +122,20 @@ def conv2d(x: Array, w: Array, padding: str, custom_gradient: bool | None = None
     if custom_gradient is None:
         custom_gradient = use_custom_conv_gradient()
     return _conv2d_custom(x, w, padding) if custom_gradient else _conv(x, w, padding)
+
+
+def block_dense(
+    x: Array, rest: Array, block: Array, rows: Array | None, cols: Array | None
+) -> Array:
+    """``x @ W`` ``(B, fan_out)`` for ``x`` ``(B, fan_in)``, where ``W`` is ``rest``
+    ``(fan_in, fan_out)`` with ``block`` ``(len(rows), len(cols))`` written at ``[rows][:,
+    cols]`` (``rest`` must be zero there); ``rows`` / ``cols`` are int32 indices, ``None`` for
+    all of them. The gradient with respect to ``block`` costs ``B * len(rows) * len(cols)``
+    multiply-adds, that of ``x`` one product with ``rest`` and one with ``block``."""
+    inputs = x if rows is None else jnp.take(x, rows, axis=1)
+    out = x @ rest
+    placed = inputs @ block
+    return out + placed if cols is None else out.at[:, cols].add(placed)
 
 
 def max_pool_2x2(x: Array) -> Array:

@@ -14,6 +14,8 @@ state recompiles when a new task starts.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,12 +126,15 @@ def with_hyperparameters(state: SpaceNetState, **values: float | Array) -> Space
     return state.replace(opt_state=state.opt_state._replace(hyperparams=merged))
 
 
+@partial(jax.jit, static_argnames="config")
 def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
     """``seed``: an int (or int array, e.g. under vmap) or a PRNG key of shape (2,).
 
     A network with no connections, all neurons free, and a fresh dense initial draw.
 
     Weights are drawn Glorot (Xavier) uniform per layer (kept in ``init_weights``), biases zero.
+    One compiled program (not some thirty separate operations, each its own program to load
+    at start-up).
     """
     is_key = hasattr(seed, "shape") and tuple(seed.shape) == (2,)
     key = seed if is_key else jax.random.PRNGKey(seed)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from spacenet_jax.core import subnetwork
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.network import forward, preprocess
 from spacenet_jax.core.state import FREE, SpaceNetState, make_optimizer
@@ -63,16 +64,50 @@ def _masked(tree, masks):
     return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, masks)
 
 
-def _loss(
-    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array
-):
-    logits = forward(*params, x, config)
+def _weighted_loss(logits: Array, labels: Array, example_weights: Array):
+    """``(mean loss, (loss sum, logits))`` of ``logits`` ``(B, C)``, weighted per example."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     # Padding (weight 0) repeats some example whose label may lie outside the output layer,
     # where the loss is NaN: select it away rather than multiply NaN by 0.
     losses = jnp.where(example_weights > 0, losses, 0.0)
     total = jnp.sum(losses * example_weights)
     return total / jnp.maximum(jnp.sum(example_weights), 1.0), (total, logits)
+
+
+def _loss(
+    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array
+):
+    return _weighted_loss(forward(*params, x, config), labels, example_weights)
+
+
+def _masked_sgd(
+    config: SpaceNetConfig,
+    params: Params,
+    grads: Params,
+    masks: Params,
+    opt_state: optax.OptState,
+    importance: tuple[Array, ...],
+) -> tuple[Params, optax.OptState, tuple[Array, ...]]:
+    """The update of one step, on whole weight matrices or on the task's blocks alike.
+
+    The gradient and the optimiser's update are masked to ``masks`` (Eq. 1: nothing else
+    moves), and Omega gains ``|g * delta_w|`` per connection (Eq. 2-3). Returns the new
+    parameters, optimiser state and Omega.
+    """
+    grads = _masked(grads, masks)
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
+    updates = _masked(updates, masks)
+    weights, biases = optax.apply_updates(params, updates)
+    importance = tuple(
+        omega + per_connection(jnp.abs(g * (new - old)), omega)
+        for omega, g, new, old in zip(importance, grads[0], weights, params[0], strict=True)
+    )
+    return (weights, biases), opt_state, importance
+
+
+def _step_metrics(loss_sum: Array, logits: Array, labels: Array, example_weights: Array):
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) * example_weights)
+    return StepMetrics(loss_sum, correct, jnp.sum(example_weights))
 
 
 def _train_step(
@@ -83,28 +118,17 @@ def _train_step(
     labels: Array,
     example_weights: Array,
 ) -> tuple[SpaceNetState, StepMetrics]:
-    tx = make_optimizer(config)
-    params = state.params
     x = preprocess(images, config)
     grads, (loss_sum, logits) = jax.grad(_loss, has_aux=True)(
-        params, config, x, labels, example_weights
+        state.params, config, x, labels, example_weights
     )
-    grads = _masked(grads, masks)
-    updates, opt_state = tx.update(grads, state.opt_state, params)
-    updates = _masked(updates, masks)
-    weights, biases = optax.apply_updates(params, updates)
-    importance = tuple(
-        omega + per_connection(jnp.abs(g * (new - old)), omega)
-        for omega, g, new, old in zip(
-            state.importance, grads[0], weights, state.weights, strict=True
-        )
+    (weights, biases), opt_state, importance = _masked_sgd(
+        config, state.params, grads, masks, state.opt_state, state.importance
     )
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels) * example_weights)
-    metrics = StepMetrics(loss_sum, correct, jnp.sum(example_weights))
     state = state.replace(
         weights=weights, biases=biases, importance=importance, opt_state=opt_state
     )
-    return state, metrics
+    return state, _step_metrics(loss_sum, logits, labels, example_weights)
 
 
 @partial(jax.jit, static_argnames="config")
@@ -197,11 +221,62 @@ def train_epoch(
     """
     state, batch_indices, batch_weights = _epoch_plan(state, config, task_indices, num_examples)
     masks = trainable_masks(state)
+    xs = (batch_indices, batch_weights)
+    if subnetwork.uses_subnetwork_step(config):
+        return _train_epoch_on_blocks(state, config, masks, images, labels, xs)
 
     def body(state: SpaceNetState, xs: tuple[Array, Array]):
         return _batch_step(state, config, masks, images, labels, *xs)
 
-    state, metrics = jax.lax.scan(body, state, (batch_indices, batch_weights))
+    state, metrics = jax.lax.scan(body, state, xs)
+    return state, _epoch_metrics(metrics)
+
+
+def _skip_past_last_batch(step, carry, weights: Array):
+    """``step(carry)`` if the batch holds real examples (its first weight is positive: they
+    sort first), else ``(carry, zero metrics)``: steps past the task's last batch are skipped."""
+
+    def skip(carry):
+        zero = jnp.zeros((), jnp.float32)
+        return carry, StepMetrics(zero, zero, zero)
+
+    return jax.lax.cond(weights[0] > 0, step, skip, carry)
+
+
+def _train_epoch_on_blocks(
+    state: SpaceNetState,
+    config: SpaceNetConfig,
+    masks: Params,
+    images: Array,
+    labels: Array,
+    xs: tuple[Array, Array],
+) -> tuple[SpaceNetState, EpochMetrics]:
+    """``train_epoch``'s scan on the current task's gathered blocks (``core.subnetwork``):
+    the same steps as the masked path, computing only the task's blocks."""
+    blocks, params, opt_state, importance = subnetwork.gather_task_blocks(state, config, *masks)
+
+    def loss(params: Params, x: Array, labels: Array, example_weights: Array):
+        logits = subnetwork.block_forward(blocks, params, x)
+        return _weighted_loss(logits, labels, example_weights)
+
+    def body(carry, xs: tuple[Array, Array]):
+        index, weights = xs
+
+        def step(carry):
+            params, opt_state, importance = carry
+            batch_labels = labels[index]
+            grads, (loss_sum, logits) = jax.grad(loss, has_aux=True)(
+                params, preprocess(images[index], config), batch_labels, weights
+            )
+            carry = _masked_sgd(config, params, grads, blocks.masks, opt_state, importance)
+            return carry, _step_metrics(loss_sum, logits, batch_labels, weights)
+
+        return _skip_past_last_batch(step, carry, weights)
+
+    (params, opt_state, importance), metrics = jax.lax.scan(
+        body, (params, opt_state, importance), xs
+    )
+    state = subnetwork.scatter_task_blocks(state, config, blocks, params, opt_state, importance)
     return state, _epoch_metrics(metrics)
 
 
@@ -221,11 +296,7 @@ def _batch_step(
     def step(state: SpaceNetState):
         return _train_step(state, config, masks, images[index], labels[index], weights)
 
-    def skip(state: SpaceNetState):
-        zero = jnp.zeros((), jnp.float32)
-        return state, StepMetrics(zero, zero, zero)
-
-    return jax.lax.cond(weights[0] > 0, step, skip, state)
+    return _skip_past_last_batch(step, state, weights)
 
 
 _jit_epoch_plan = jax.jit(_epoch_plan, static_argnames="config")

@@ -19,7 +19,7 @@ from spacenet_jax.core.state import SpaceNetState
 def predict_in_chunks(
     state: SpaceNetState, config: SpaceNetConfig, images: np.ndarray | jax.Array,
     chunk: int = 2000, predict_fn: Callable[..., jax.Array] | None = None,
-    with_tasks: bool = False,
+    with_tasks: bool = False, count: int | None = None,
 ) -> np.ndarray:
     """``predict`` over ``images`` ``(N, D)`` in fixed-size chunks (one compilation; the last
     chunk is padded), so a CNN's activations for a whole test set never sit in memory at once.
@@ -30,6 +30,9 @@ def predict_in_chunks(
     example has a trailing axis of ``T + 1`` columns: ``(chunk, T + 1)`` or
     ``(S, chunk, T + 1)`` per chunk, ``(N, T + 1)`` or ``(S, N, T + 1)`` in all.
 
+    ``count`` predicts only the first ``count`` examples (default all), in chunks of the same
+    size as for all of them (one compilation whatever the count).
+
     Raises ``InputError`` (before any work) unless ``images`` are uint8 ``(N, D)`` with ``D``
     the network's input width.
     """
@@ -37,8 +40,10 @@ def predict_in_chunks(
     if predict_fn is None:
         predict_fn = partial(predict_with_tasks if with_tasks else predict, config=config)
     axis = -2 if with_tasks else -1  # the example axis
-    n = images.shape[0]
-    chunk = min(chunk, n)
+    chunk = min(chunk, images.shape[0])
+    n = images.shape[0] if count is None else count
+    if n == 0:
+        raise ValueError("nothing to predict: count is 0")
     out = []
     for start in range(0, n, chunk):
         part = images[start : start + chunk]

@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import operator
 import os
 import pathlib
@@ -516,7 +517,10 @@ def _load_cache(
             )
             return None
     try:
-        raw = npz_path.read_bytes()
+        raw = bytearray(npz_path.stat().st_size)
+        with open(npz_path, "rb") as f:
+            if f.readinto(raw) != len(raw):
+                raise OSError("the file changed size while it was read")
     except OSError as err:
         _warn(f"cache {npz_path} is unreadable ({_one_line(err)}); rebuilding it")
         return None
@@ -524,8 +528,7 @@ def _load_cache(
         _warn(f"cache {npz_path} does not match the sha256 in {json_path.name}; rebuilding it")
         return None
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = {k: np.asarray(npz[k]) for k in _ARRAY_KEYS}
+        arrays = _npz_arrays(raw, _ARRAY_KEYS)
     except (OSError, ValueError, KeyError, EOFError, zlib.error) as err:
         _warn(f"cache {npz_path} is unreadable ({_one_line(err)}); rebuilding it")
         return None
@@ -538,6 +541,46 @@ def _load_cache(
         fix=f"delete {npz_path} (and {json_path.name}) and load again to rebuild it",
     )
     return dataset
+
+
+def _npz_arrays(raw: bytearray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file read into ``raw``, as views of ``raw`` where the
+    archive stores them uncompressed (``np.savez``; 0.2 s less than ``np.load`` for MNIST's
+    55 MB, which copies every array), else through ``np.load``. ``raw`` is already verified
+    (sha256), so the zip's own CRCs are not checked again."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        if any(members[k].compress_type != zipfile.ZIP_STORED for k in keys):
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                return {k: np.asarray(npz[k]) for k in keys}
+    arrays = {}
+    view = memoryview(raw)
+    for k in keys:
+        info = members[k]
+        local = bytes(view[info.header_offset : info.header_offset + 30])
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename} has no local file header")
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        npy = io.BytesIO(bytes(view[start : start + min(info.file_size, 4096)]))
+        version = np.lib.format.read_magic(npy)
+        if version not in ((1, 0), (2, 0)):  # not what np.savez writes: the slow path
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                return {k: np.asarray(npz[k]) for k in keys}
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(npy)
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename} holds Python objects")
+        count = math.prod(shape)
+        if npy.tell() + count * dtype.itemsize != info.file_size:
+            raise ValueError(f"member {info.filename} is truncated")
+        array = np.frombuffer(raw, dtype=dtype, count=count, offset=start + npy.tell())
+        arrays[k] = array.reshape(shape, order="F" if fortran else "C")
+    return arrays
 
 
 def _write_cache(
