@@ -172,3 +172,27 @@ def test_training_step_choice():
         dataclasses.replace(TINY_CNN, training_step="subnetwork")
     with pytest.raises(ConfigError, match="training_step must be one of auto, masked"):
         dataclasses.replace(TINY, training_step="sparse")
+
+
+def test_first_layer_products_are_the_rest_of_the_first_layer_and_train_alike():
+    config = dataclasses.replace(TINY, training_step="subnetwork")
+    data = synthetic_dataset()
+    tasks = _tasks(config, data)
+    state = learn_task(init_state(config, 0), config, tasks[0])
+    state, _ = begin_task(state, config)
+    t = tasks[1]
+    products = subnetwork.first_layer_products(state, config, t.images, t.indices)
+    # x @ W_0 with the task's selected columns zeroed, row by row of the task's indices
+    x = (np.asarray(t.images)[np.asarray(t.indices)] / 255.0 - 0.5) / 0.25
+    rest = np.array(state.weights[0])
+    rest[:, np.asarray(state.selected[1])] = 0.0
+    np.testing.assert_allclose(products, x @ rest, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(products)).max() > 0  # task 1's frozen connections count
+    n = jnp.asarray(t.num_examples)
+    kept, m_kept = train_epoch(state, config, t.images, t.labels, t.indices, n, products)
+    computed, m_computed = train_epoch(state, config, t.images, t.labels, t.indices, n)
+    _assert_same_training(host(computed), host(kept))
+    np.testing.assert_allclose(m_kept.loss, m_computed.loss, rtol=1e-5)
+    masked = dataclasses.replace(config, training_step="masked")
+    with pytest.raises(ValueError, match="first_layer_products are for the blocks' path"):
+        train_epoch(state, masked, t.images, t.labels, t.indices, n, products)

@@ -4,11 +4,13 @@ Read in the order of the paper:
 
 * ``config``       -- the hyper-parameters (one frozen dataclass), the methods, their checks;
 * ``state``        -- the state pytree: weights, masks (connection owners), Omega, neuron owners;
-* ``layers``       -- the 3x3 convolution (a custom gradient for the CPU) and the 2x2 max-pool;
+* ``layers``       -- the 3x3 convolution (a custom gradient for the CPU), the 2x2 max-pool, and
+  the dense layer split into a frozen rest and a trainable block;
 * ``network``      -- the forward pass, and prediction without task identity;
 * ``topk``         -- the top k of a score array as a mask (allocation, rewiring, reservation);
 * ``allocation``   -- Algorithm 2: select neurons, allocate a task's sparse connections;
 * ``training``     -- Eq. 1-3: the masked train step and the compiled epoch;
+* ``subnetwork``   -- the current task's blocks at static shapes: the sparse training step;
 * ``importance``   -- Eq. 4: neuron importance from connection importance;
 * ``rewiring``     -- Algorithm 3 / Eq. 5: drop and grow;
 * ``reservation``  -- Algorithm 4: reserve each task's most important neurons;

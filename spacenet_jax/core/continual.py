@@ -31,6 +31,7 @@ from spacenet_jax.core.output_layer import keep_reserved_output_inputs, store_ou
 from spacenet_jax.core.reservation import reserve_neurons
 from spacenet_jax.core.rewiring import rewire
 from spacenet_jax.core.state import SpaceNetState, make_optimizer
+from spacenet_jax.core.subnetwork import caches_first_layer_products, first_layer_products
 from spacenet_jax.core.task_scores import fit_task_statistics
 from spacenet_jax.core.training import EpochMetrics, train_epoch
 
@@ -238,6 +239,7 @@ def train_epoch_and_rewire(
     task_indices: Array,
     num_examples: Array,
     rewire_after: Array,
+    first_layer_products: Array | None = None,
 ) -> tuple[SpaceNetState, EpochMetrics, Array]:
     """One epoch of Algorithm 1 (lines 11-13) as a single compiled program.
 
@@ -250,7 +252,8 @@ def train_epoch_and_rewire(
       ``(state, metrics, shortfall)``: ``shortfall`` int32 ``(num_layers,)`` counts connections
       that could not be regrown (non-zero means the configuration is out of capacity).
     """
-    state, metrics = train_epoch(state, config, images, labels, task_indices, num_examples)
+    state, metrics = train_epoch(state, config, images, labels, task_indices, num_examples,
+                                 first_layer_products)
     state, shortfall = rewire_if(state, config, rewire_after)
     return state, metrics, shortfall
 
@@ -324,10 +327,15 @@ def learn_task(
     state, report = begin_task(state, config)
     check_allocation(report, task)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
+    products = (
+        first_layer_products(state, config, data.images, data.indices)
+        if caches_first_layer_products(config, data.indices.shape[-1]) else None
+    )
 
     def one_epoch(state: SpaceNetState, rewire_after: Array):
         return train_epoch_and_rewire(
-            state, config, data.images, data.labels, data.indices, num_examples, rewire_after
+            state, config, data.images, data.labels, data.indices, num_examples, rewire_after,
+            products,
         )
 
     state = run_epochs(state, config, one_epoch, task, on_epoch)

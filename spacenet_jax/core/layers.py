@@ -125,15 +125,17 @@ def conv2d(x: Array, w: Array, padding: str, custom_gradient: bool | None = None
 
 
 def block_dense(
-    x: Array, rest: Array, block: Array, rows: Array | None, cols: Array | None
+    x: Array, rest: Array, block: Array, rows: Array | None, cols: Array | None,
+    rest_product: Array | None = None,
 ) -> Array:
     """``x @ W`` ``(B, fan_out)`` for ``x`` ``(B, fan_in)``, where ``W`` is ``rest``
     ``(fan_in, fan_out)`` with ``block`` ``(len(rows), len(cols))`` written at ``[rows][:,
     cols]`` (``rest`` must be zero there); ``rows`` / ``cols`` are int32 indices, ``None`` for
     all of them. The gradient with respect to ``block`` costs ``B * len(rows) * len(cols)``
-    multiply-adds, that of ``x`` one product with ``rest`` and one with ``block``."""
+    multiply-adds, that of ``x`` one product with ``rest`` and one with ``block``.
+    ``rest_product``: ``x @ rest`` if already known (then ``rest`` is not used)."""
     inputs = x if rows is None else jnp.take(x, rows, axis=1)
-    out = x @ rest
+    out = x @ rest if rest_product is None else rest_product
     placed = inputs @ block
     return out + placed if cols is None else out.at[:, cols].add(placed)
 

@@ -10,7 +10,11 @@ Every step adds ``|g * delta_w|`` to the importance Omega of each connection (Eq
 ``delta_w`` is the change the step made.
 
 ``train_epoch`` runs a whole epoch as one compiled ``lax.scan`` over batches drawn on the device
-from the full uint8 training set, so there is no per-batch Python.
+from the full uint8 training set, so there is no per-batch Python. Its steps take one of two
+paths (``config.training_step``), which train alike up to float rounding (tested leaf by leaf):
+the masked step on whole weight matrices (``train_step``), or, by default on the CPU, the same
+step on the current task's blocks between its selected units (``core.subnetwork``: the sparse
+backward pass, about half the dense floor's time on split MNIST).
 """
 
 from __future__ import annotations
@@ -171,6 +175,15 @@ def _epoch_plan(
     state: SpaceNetState, config: SpaceNetConfig, task_indices: Array, num_examples: Array
 ) -> tuple[SpaceNetState, Array, Array]:
     """Shuffle the task's examples into ``(S, batch)`` index and weight arrays (key advanced)."""
+    state, order, batch_weights = _epoch_order(state, config, task_indices, num_examples)
+    return state, task_indices[order], batch_weights
+
+
+def _epoch_order(
+    state: SpaceNetState, config: SpaceNetConfig, task_indices: Array, num_examples: Array
+) -> tuple[SpaceNetState, Array, Array]:
+    """``_epoch_plan`` with positions in ``task_indices`` ``(S, batch)`` instead of example
+    indices."""
     batch = config.batch_size
     length = task_indices.shape[0]
     if length % batch:
@@ -179,9 +192,8 @@ def _epoch_plan(
     rng, key = jax.random.split(state.rng)
     valid = jnp.arange(length) < num_examples
     order = jnp.argsort(jnp.where(valid, jax.random.uniform(key, (length,)), 2.0))
-    batch_indices = task_indices[order].reshape(steps, batch)
     batch_weights = valid.astype(jnp.float32).reshape(steps, batch)  # valid ones sort first
-    return state.replace(rng=rng), batch_indices, batch_weights
+    return state.replace(rng=rng), order.reshape(steps, batch), batch_weights
 
 
 def _epoch_metrics(metrics: StepMetrics) -> EpochMetrics:
@@ -202,6 +214,7 @@ def train_epoch(
     labels: Array,
     task_indices: Array,
     num_examples: Array,
+    first_layer_products: Array | None = None,
 ) -> tuple[SpaceNetState, EpochMetrics]:
     """One epoch of the current task, shuffled, as a single ``lax.scan`` over batches.
 
@@ -214,16 +227,23 @@ def train_epoch(
         task's examples, the rest is padding. Its length fixes the number of scanned steps S, so
         pad every task of a sequence to the same length and nothing recompiles between tasks.
       num_examples: int32 scalar, the task's number of examples.
+      first_layer_products: on the blocks' path, ``subnetwork.first_layer_products`` of this
+        task (computed after ``begin_task``), to read instead of computing ``x @ rest_0`` at
+        every step; None computes it.
 
     The examples are shuffled on the device every epoch; the last batch may be partial (its
     padding has weight 0, as with a data loader that keeps the last batch), and steps past the
     task's last batch are skipped.
     """
-    state, batch_indices, batch_weights = _epoch_plan(state, config, task_indices, num_examples)
+    state, positions, batch_weights = _epoch_order(state, config, task_indices, num_examples)
     masks = trainable_masks(state)
-    xs = (batch_indices, batch_weights)
+    xs = (task_indices[positions], batch_weights)
     if subnetwork.uses_subnetwork_step(config):
-        return _train_epoch_on_blocks(state, config, masks, images, labels, xs)
+        return _train_epoch_on_blocks(state, config, masks, images, labels, (*xs, positions),
+                                      first_layer_products)
+    if first_layer_products is not None:
+        raise ValueError("first_layer_products are for the blocks' path (training_step "
+                         "'subnetwork'); this configuration trains the masked step")
 
     def body(state: SpaceNetState, xs: tuple[Array, Array]):
         return _batch_step(state, config, masks, images, labels, *xs)
@@ -249,24 +269,28 @@ def _train_epoch_on_blocks(
     masks: Params,
     images: Array,
     labels: Array,
-    xs: tuple[Array, Array],
+    xs: tuple[Array, Array, Array],
+    first_layer_products: Array | None,
 ) -> tuple[SpaceNetState, EpochMetrics]:
     """``train_epoch``'s scan on the current task's gathered blocks (``core.subnetwork``):
-    the same steps as the masked path, computing only the task's blocks."""
+    the same steps as the masked path, computing only the task's blocks. ``xs``: per step the
+    batch's example indices, weights and positions in the task's indices."""
     blocks, params, opt_state, importance = subnetwork.gather_task_blocks(state, config, *masks)
 
-    def loss(params: Params, x: Array, labels: Array, example_weights: Array):
-        logits = subnetwork.block_forward(blocks, params, x)
+    def loss(params: Params, x: Array, labels: Array, example_weights: Array, first_product):
+        logits = subnetwork.block_forward(blocks, params, x, first_product)
         return _weighted_loss(logits, labels, example_weights)
 
-    def body(carry, xs: tuple[Array, Array]):
-        index, weights = xs
+    def body(carry, xs: tuple[Array, Array, Array]):
+        index, weights, positions = xs
 
         def step(carry):
             params, opt_state, importance = carry
             batch_labels = labels[index]
+            first_product = (None if first_layer_products is None
+                             else first_layer_products[positions])
             grads, (loss_sum, logits) = jax.grad(loss, has_aux=True)(
-                params, preprocess(images[index], config), batch_labels, weights
+                params, preprocess(images[index], config), batch_labels, weights, first_product
             )
             carry = _masked_sgd(config, params, grads, blocks.masks, opt_state, importance)
             return carry, _step_metrics(loss_sum, logits, batch_labels, weights)

@@ -38,6 +38,7 @@ from spacenet_jax.core.continual import (
 )
 from spacenet_jax.core.network import predict, predict_with_tasks
 from spacenet_jax.core.state import SpaceNetState
+from spacenet_jax.core.subnetwork import caches_first_layer_products, first_layer_products
 from spacenet_jax.core.task_scores import fit_task_statistics
 
 Array = jax.Array
@@ -159,6 +160,7 @@ def train_epochs_and_rewire(
     num_examples: Array,
     rewire_after: Array,
     mesh: Mesh | None = None,
+    first_layer_products: Array | None = None,
 ):
     """``train_epoch_and_rewire`` for every seed, as one program.
 
@@ -169,19 +171,33 @@ def train_epochs_and_rewire(
       num_examples: int32 scalar, the stage's number of examples (the same for every seed).
       rewire_after: bool scalar (the same for every seed, so ``lax.cond`` stays a branch).
       mesh: the seed mesh, or None.
+      first_layer_products: ``first_layer_products_seeds`` of this stage, or None.
 
     Returns:
       ``(states, metrics, shortfall)`` with a leading seed axis on each.
     """
 
-    def one_seed(state, images, labels, indices, num_examples, rewire_after):
+    def one_seed(state, images, labels, indices, num_examples, rewire_after, *products):
         return train_epoch_and_rewire(
-            state, config, images, labels, indices, num_examples, rewire_after
+            state, config, images, labels, indices, num_examples, rewire_after, *products
         )
 
-    return over_seeds(one_seed, [True, False, False, True, False, False], mesh)(
-        states, images, labels, task_indices, num_examples, rewire_after
+    products = () if first_layer_products is None else (first_layer_products,)
+    batched = [True, False, False, True, False, False] + [True] * len(products)
+    return over_seeds(one_seed, batched, mesh)(
+        states, images, labels, task_indices, num_examples, rewire_after, *products
     )
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def first_layer_products_seeds(
+    states: SpaceNetState, config: SpaceNetConfig, images: Array, task_indices: Array,
+    mesh: Mesh | None = None,
+) -> Array:
+    """``subnetwork.first_layer_products`` for every seed: ``(S, len, units)``."""
+    return over_seeds(
+        lambda s, x, ix: first_layer_products(s, config, x, ix), [True, False, True], mesh
+    )(states, images, task_indices)
 
 
 @partial(jax.jit, static_argnames=("config", "mesh", "with_tasks"))
@@ -227,11 +243,15 @@ def learn_tasks(
     states, report = begin_tasks(states, config, mesh)
     check_allocation(to_host(report), task, seeds)
     num_examples = jnp.asarray(data.num_examples, jnp.int32)
+    products = (
+        first_layer_products_seeds(states, config, data.images, data.indices, mesh)
+        if caches_first_layer_products(config, data.indices.shape[-1]) else None
+    )
 
     def one_epoch(states: SpaceNetState, rewire_after: Array):
         return train_epochs_and_rewire(
             states, config, data.images, data.labels, data.indices, num_examples,
-            rewire_after, mesh,
+            rewire_after, mesh, products,
         )
 
     states = run_epochs(states, config, one_epoch, task, on_epoch, seeds, to_host)
