@@ -131,3 +131,32 @@ def _package_programs() -> list[programs.Program]:
         found += [v for v in vars(module).values() if isinstance(v, programs.Program)]
     assert len(found) >= 6
     return found
+
+
+def test_stored_executables_across_processes_after_jax_filled_its_own_cache(tmp_path):
+    """Process 1 fills JAX's persistent cache without the store; process 2 fills the store
+    (compiling anew: an executable read back from JAX's cache serializes without its code on
+    XLA:CPU); process 3 runs from the store. All three write the same results."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "SPACENET_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    results = []
+    for run, store in enumerate(["off", "on", "on"]):
+        out = tmp_path / f"out{run}"
+        done = subprocess.run(
+            [sys.executable, str(tests / "synthetic_cli.py"), "--seed", "2", "--epochs", "2",
+             "--quiet", "--out", str(out)],
+            cwd=tests.parent, env={**env, "SPACENET_EXECUTABLE_STORE": store},
+            capture_output=True, text=True, check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        (record,) = json.loads((out / "results.json").read_text())["runs"]
+        results.append((record["acc_matrix"], record["task_il_acc_matrix"]))
+        stored = list((tmp_path / "cache" / "executables").rglob("*.bin"))
+        assert bool(stored) == (run > 0)
+    assert results[0] == results[1] == results[2]

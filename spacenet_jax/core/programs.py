@@ -142,7 +142,15 @@ class Program:
                 return serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
             except Exception:  # an unreadable entry: compile and store it anew
                 pass
-        compiled = self._jitted.lower(*values).compile()
+        # Compiled anew, not read from JAX's persistent cache: an executable loaded from there
+        # serializes without its code on XLA:CPU ("Function ... not found" when run again).
+        lowered = self._jitted.lower(*values)
+        persistent = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            compiled = lowered.compile()
+        finally:
+            jax.config.update("jax_enable_compilation_cache", persistent)
         try:
             blob, in_tree, out_tree = serialize_executable.serialize(compiled)
             _store.save(key, pickle.dumps((blob, in_tree, out_tree)))

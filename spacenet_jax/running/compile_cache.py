@@ -10,7 +10,8 @@ compiles (and stores) anew. ``SPACENET_COMPILATION_CACHE_DIR=off`` disables it.
 Beside it, in ``<cache>/executables``, the executables of the package's top-level programs
 (``core.programs``): a later process runs them without tracing them first (about 1 s of a
 one-seed split MNIST run). Their keys include a fingerprint of the package's source and the
-library versions, so a change of either compiles anew.
+library versions, so a change of either compiles anew. ``SPACENET_EXECUTABLE_STORE=off`` keeps
+only JAX's own cache.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> path
     Returns:
       The cache folder, or None when disabled with ``SPACENET_COMPILATION_CACHE_DIR=off``.
 
-    Also installs the package's executable store in ``<folder>/executables`` (removed again
-    when disabled).
+    Also installs the package's executable store in ``<folder>/executables`` (not with
+    ``SPACENET_EXECUTABLE_STORE=off``; removed again when the cache is disabled).
     """
     env = os.environ.get("SPACENET_COMPILATION_CACHE_DIR")
     if directory is None and env is not None and env.lower() in ("off", "0", "none", ""):
@@ -74,5 +75,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> path
     # Cache every program: the small ones (begin/end task, predict) add up at start-up too.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    set_executable_store(FolderExecutableStore(path / "executables"))
+    store = os.environ.get("SPACENET_EXECUTABLE_STORE", "on").lower()
+    use_store = store not in ("off", "0", "none", "")
+    set_executable_store(FolderExecutableStore(path / "executables") if use_store else None)
     return path
