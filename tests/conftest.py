@@ -49,17 +49,6 @@ TINY_CNN = SpaceNetConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_executable_store():
-    """The experiments' ``main`` installs the executable store for the whole process
-    (``running.compile_cache``); a test runs without it unless it installs one itself."""
-    from spacenet_jax.core.programs import set_executable_store
-
-    set_executable_store(None)
-    yield
-    set_executable_store(None)
-
-
 @pytest.fixture
 def tiny_config() -> SpaceNetConfig:
     return TINY

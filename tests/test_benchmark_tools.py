@@ -40,12 +40,9 @@ def test_whole_process_reports_wall_cpu_and_memory():
 
 @pytest.fixture
 def restore_cache_config():
-    from spacenet_jax.core.programs import set_executable_store
-
     before = jax.config.jax_compilation_cache_dir
     yield
     jax.config.update("jax_compilation_cache_dir", before)
-    set_executable_store(None)
 
 
 def test_compilation_cache_is_enabled_where_asked(tmp_path, monkeypatch, restore_cache_config):

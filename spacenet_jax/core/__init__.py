@@ -19,9 +19,7 @@ Read in the order of the paper:
 * ``stages``       -- what each training stage sees (rehearsal's replay, joint's pooling);
 * ``continual``    -- Algorithm 1: begin, learn and end a task;
 * ``inputs``       -- checks of the images and labels a task is given;
-* ``compiler``     -- the XLA:CPU flag that keeps convolutions fast, set on import;
-* ``programs``     -- the top-level jitted functions, run from stored executables when a store
-  is installed (``running.compile_cache``), so that a process does not trace them again.
+* ``compiler``     -- the XLA:CPU flag that keeps convolutions fast, set on import.
 
 Nothing here reads files, plots or imports TensorFlow (``tests/test_layering.py``).
 """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -27,7 +28,6 @@ from spacenet_jax.core.allocation import allocate_connections, claim_all_connect
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 from spacenet_jax.core.inputs import check_images, check_labels
 from spacenet_jax.core.output_layer import keep_reserved_output_inputs, store_output_weights
-from spacenet_jax.core.programs import program
 from spacenet_jax.core.reservation import reserve_neurons
 from spacenet_jax.core.rewiring import rewire
 from spacenet_jax.core.state import SpaceNetState, make_optimizer
@@ -47,7 +47,7 @@ class DivergenceError(RuntimeError):
     checkpoint after the previous task stays the latest one."""
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def begin_task(
     state: SpaceNetState, config: SpaceNetConfig
 ) -> tuple[SpaceNetState, dict[str, Array]]:
@@ -67,7 +67,7 @@ def begin_task(
     return allocate_connections(state, config)
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def end_task(state: SpaceNetState, config: SpaceNetConfig) -> SpaceNetState:
     """Finish task ``state.task``: reserve neurons (Algorithm 4), keep its biases for
     per-task inference, store its output columns (Algorithm 1, lines 14-15), and move on to the
@@ -230,7 +230,7 @@ def rewire_if(
     )
 
 
-@program(static_argnames=("config",), donate_argnames="state")
+@partial(jax.jit, static_argnames="config", donate_argnames="state")
 def train_epoch_and_rewire(
     state: SpaceNetState,
     config: SpaceNetConfig,

@@ -4,6 +4,7 @@ restored; ``predict_with_tasks`` adds the task-incremental prediction (argmax wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,6 @@ from spacenet_jax.core import task_scores
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.layers import conv2d, max_pool_2x2
 from spacenet_jax.core.output_layer import inference_weights
-from spacenet_jax.core.programs import program
 from spacenet_jax.core.state import SpaceNetState
 
 Array = jax.Array
@@ -186,7 +186,7 @@ def _default_class_mask(state: SpaceNetState, config: SpaceNetConfig) -> Array:
     return jnp.where(jnp.any(seen), seen, True)
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def predict(
     state: SpaceNetState,
     config: SpaceNetConfig,
@@ -203,7 +203,7 @@ def predict(
     return _masked_argmax(_logits(state, config, images), class_mask)
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def predict_with_tasks(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:
     """Class-incremental and task-incremental predictions from one forward pass.
 

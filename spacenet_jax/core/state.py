@@ -14,6 +14,8 @@ state recompiles when a new task starts.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +23,6 @@ import optax
 from flax import struct
 
 from spacenet_jax.core.config import SpaceNetConfig
-from spacenet_jax.core.programs import program
 from spacenet_jax.core.task_scores import empty_statistics
 
 Array = jax.Array
@@ -125,7 +126,7 @@ def with_hyperparameters(state: SpaceNetState, **values: float | Array) -> Space
     return state.replace(opt_state=state.opt_state._replace(hyperparams=merged))
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
     """``seed``: an int (or int array, e.g. under vmap) or a PRNG key of shape (2,).
 

@@ -33,6 +33,8 @@ when a task begins and the gradient is masked to the task's connections.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,7 +43,6 @@ from flax import struct
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.layers import block_dense
 from spacenet_jax.core.network import preprocess
-from spacenet_jax.core.programs import program
 from spacenet_jax.core.state import SpaceNetState, make_optimizer
 
 Array = jax.Array
@@ -259,7 +260,7 @@ def caches_first_layer_products(config: SpaceNetConfig, num_positions: int) -> b
     return num_positions * units * 4 <= MAX_FIRST_LAYER_PRODUCT_BYTES
 
 
-@program(static_argnames=("config",))
+@partial(jax.jit, static_argnames="config")
 def first_layer_products(
     state: SpaceNetState, config: SpaceNetConfig, images: Array, task_indices: Array
 ) -> Array:
