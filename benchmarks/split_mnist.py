@@ -71,17 +71,23 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
+def _run_child(code: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``python -c code *args`` and return the JSON of its last stdout line (after
+    ``BENCH ``); exit with its stderr if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
+
+
 def whole_process(args: list[str], env: dict[str, str]) -> dict[str, float]:
     """Wall time, CPU seconds and peak memory (MiB) of ``python -m <args>`` in a fresh process."""
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", _CHILD, *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, check=False,
-    )
+    usage = _run_child(_CHILD, args, env)
     wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
-    usage = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
     return {"wall_s": wall, "cpu_s": usage["cpu_s"], "peak_mib": usage["maxrss_kib"] / 1024}
 
 
@@ -123,13 +129,7 @@ PHASES = {
 def profiled_process(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """``python -m <args>`` in a fresh process under cProfile: its wall time (inflated by the
     profiler) and the cumulative seconds of each of ``PHASES``."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PROFILED_CHILD, json.dumps(PHASES), *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"profiled run failed: {' '.join(args)}\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
+    return _run_child(_PROFILED_CHILD, [json.dumps(PHASES), *args], env)
 
 
 def import_seconds(module: str, env: dict[str, str], repeats: int) -> float:

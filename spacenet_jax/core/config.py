@@ -267,6 +267,13 @@ class SpaceNetConfig:
         return self.method in ("spacenet", "static", "rehearsal")
 
     @property
+    def has_task_blocks(self) -> bool:
+        """A task's connections lie in blocks smaller than its layers, which
+        ``training_step="subnetwork"`` trains alone: a sparse method on an MLP (the dense methods
+        own every position, and a CNN selects every free feature map)."""
+        return self.sparse and not self.is_cnn
+
+    @property
     def rewire(self) -> bool:
         """Drop and grow after every epoch but the last (adaptive sparse training)."""
         return self.method in ("spacenet", "rehearsal")
@@ -427,7 +434,7 @@ def validate(config: SpaceNetConfig) -> None:
     if config.training_step not in TRAINING_STEPS:
         _fail(f"training_step must be one of {', '.join(TRAINING_STEPS)}, got "
               f"{config.training_step!r}")
-    if config.training_step == "subnetwork" and (not config.sparse or config.is_cnn):
+    if config.training_step == "subnetwork" and not config.has_task_blocks:
         _fail(
             f"training_step='subnetwork' trains a sparse task's blocks of an MLP; method "
             f"{config.method!r}{' on a CNN' if config.is_cnn else ''} has none: use "

@@ -49,12 +49,6 @@ Array = jax.Array
 Params = tuple[tuple[Array, ...], tuple[Array, ...]]
 
 
-def supports_subnetwork_step(config: SpaceNetConfig) -> bool:
-    """Whether ``config`` can train on gathered blocks: a sparse method on an MLP (the dense
-    methods own every position, and a CNN selects every free feature map)."""
-    return config.sparse and not config.is_cnn
-
-
 def uses_subnetwork_step(config: SpaceNetConfig) -> bool:
     """Whether the epoch trains on the gathered blocks (``config.training_step``).
 
@@ -64,7 +58,7 @@ def uses_subnetwork_step(config: SpaceNetConfig) -> bool:
     the gathers have not been measured. Read while tracing.
     """
     if config.training_step == "auto":
-        return supports_subnetwork_step(config) and jax.default_backend() == "cpu"
+        return config.has_task_blocks and jax.default_backend() == "cpu"
     return config.training_step == "subnetwork"
 
 
@@ -155,13 +149,32 @@ def _weight_leaf_layers(state: SpaceNetState, config: SpaceNetConfig):
     )
 
 
-def _layer_rest(
-    weights: Array, computed_in: Array | None, computed_out: Array | None,
-    local_rows: Array | None, local_cols: Array | None, block_shape: tuple[int, ...],
-) -> Array:
-    """A weight matrix at its computed units, zero on the block."""
+_Indices = tuple[Array | None, ...]
+
+
+def _layout(state: SpaceNetState, config: SpaceNetConfig) -> tuple[_Indices, ...]:
+    """Per weight matrix: ``(rows, cols, computed_in, computed_out, local_rows, local_cols)``,
+    as ``TaskBlocks`` holds them."""
+    indices = unit_indices(state, config)
+    computed = computed_units(config, indices)
+    layers = range(config.num_layers)
+    rows = tuple(indices[layer] for layer in layers)
+    cols = tuple(indices[layer + 1] for layer in layers)
+    computed_in = tuple(computed[layer] for layer in layers)
+    computed_out = tuple(computed[layer + 1] for layer in layers)
+    local_rows = tuple(_local(r, c) for r, c in zip(rows, computed_in, strict=True))
+    local_cols = tuple(_local(c, o) for c, o in zip(cols, computed_out, strict=True))
+    return rows, cols, computed_in, computed_out, local_rows, local_cols
+
+
+def _layer_rest(weights: Array, layout: tuple[_Indices, ...], layer: int) -> Array:
+    """Weight matrix ``layer`` at its computed units, zero on the block."""
+    rows, cols, computed_in, computed_out, local_rows, local_cols = (
+        part[layer] for part in layout
+    )
     rest = gather_block(weights, computed_in, computed_out)
-    return scatter_block(rest, local_rows, local_cols, jnp.zeros(block_shape, rest.dtype))
+    block = jnp.zeros(gather_block(weights, rows, cols).shape, rest.dtype)
+    return scatter_block(rest, local_rows, local_cols, block)
 
 
 def gather_task_blocks(
@@ -172,7 +185,7 @@ def gather_task_blocks(
 
     Args:
       state: the state (task ``state.task`` allocated, neurons selected).
-      config: static configuration (``supports_subnetwork_step``).
+      config: static configuration (``config.has_task_blocks``).
       weight_masks, bias_masks: ``training.trainable_masks(state)``.
 
     Returns:
@@ -180,22 +193,11 @@ def gather_task_blocks(
       parameters ``((block_l, ...), biases)`` with blocks ``(len(rows_l), len(cols_l))``, the
       optimiser state over them, and Omega on the blocks.
     """
-    indices = unit_indices(state, config)
-    computed = computed_units(config, indices)
-    layers = range(config.num_layers)
-    rows = tuple(indices[layer] for layer in layers)
-    cols = tuple(indices[layer + 1] for layer in layers)
-    computed_in = tuple(computed[layer] for layer in layers)
-    computed_out = tuple(computed[layer + 1] for layer in layers)
-    local_rows = tuple(_local(r, c) for r, c in zip(rows, computed_in, strict=True))
-    local_cols = tuple(_local(c, o) for c, o in zip(cols, computed_out, strict=True))
+    layout = _layout(state, config)
+    rows, cols, computed_in, computed_out, local_rows, local_cols = layout
     params = tuple(gather_block(w, r, c) for w, r, c in zip(state.weights, rows, cols,
                                                             strict=True))
-    rest = tuple(
-        _layer_rest(w, i, o, lr, lc, b.shape)
-        for w, i, o, lr, lc, b in zip(state.weights, computed_in, computed_out, local_rows,
-                                      local_cols, params, strict=True)
-    )
+    rest = tuple(_layer_rest(w, layout, layer) for layer, w in enumerate(state.weights))
     masks = tuple(gather_block(m, r, c) for m, r, c in zip(weight_masks, rows, cols,
                                                            strict=True))
     leaf_layers = _weight_leaf_layers(state, config)
@@ -271,12 +273,7 @@ def first_layer_products(
     Call after ``begin_task``: the rest does not change until the task ends. Computed a batch
     of ``config.batch_size`` rows at a time (``task_indices`` is padded to whole batches).
     """
-    indices = unit_indices(state, config)
-    computed = computed_units(config, indices)
-    local_cols = _local(indices[1], computed[1])
-    width = config.layer_sizes[1] if indices[1] is None else indices[1].shape[0]
-    rest = _layer_rest(state.weights[0], computed[0], computed[1], None, local_cols,
-                       (config.layer_sizes[0], width))
+    rest = _layer_rest(state.weights[0], _layout(state, config), 0)
     batches = task_indices.reshape(-1, config.batch_size)
     products = jax.lax.map(lambda index: preprocess(images[index], config) @ rest, batches)
     return products.reshape(task_indices.shape[0], -1)

@@ -550,11 +550,14 @@ def _npz_arrays(raw: bytearray, keys: Sequence[str]) -> dict[str, np.ndarray]:
     (sha256), so the zip's own CRCs are not checked again."""
     import zipfile
 
+    def copies() -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return {k: np.asarray(npz[k]) for k in keys}
+
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
         members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
         if any(members[k].compress_type != zipfile.ZIP_STORED for k in keys):
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                return {k: np.asarray(npz[k]) for k in keys}
+            return copies()
     arrays = {}
     view = memoryview(raw)
     for k in keys:
@@ -568,8 +571,7 @@ def _npz_arrays(raw: bytearray, keys: Sequence[str]) -> dict[str, np.ndarray]:
         npy = io.BytesIO(bytes(view[start : start + min(info.file_size, 4096)]))
         version = np.lib.format.read_magic(npy)
         if version not in ((1, 0), (2, 0)):  # not what np.savez writes: the slow path
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                return {k: np.asarray(npz[k]) for k in keys}
+            return copies()
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = read_header(npy)
