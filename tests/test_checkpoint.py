@@ -656,3 +656,30 @@ def test_a_checkpoint_of_the_earlier_state_format_is_refused_as_such(saved_run, 
     with pytest.raises(CheckpointError, match="state of format 1, written by an earlier") as err:
         restore_task(seed_dir(root, 2), CONFIG, 2)
     assert "corrupt" not in str(err.value)
+
+
+def _orbax_thread_record(err: BaseException, level: int = logging.ERROR) -> logging.LogRecord:
+    """A record as orbax's ``_SignalingThread`` logs it (``logging.exception`` in its thread)."""
+    return logging.LogRecord(
+        "absl", level, "/x/orbax/checkpoint/_src/futures/future.py", 387,
+        "[process=%d][thread=%s][operation_id=%s] _SignalingThread.run() raised an exception: %s",
+        (0, "np_type_handler", 29, err), (type(err), err, None))
+
+
+def test_orbax_thread_tracebacks_of_storage_failures_are_dropped_even_after_save():
+    """The filter stays on the absl logger (CI saw a thread log after ``save`` had raised and
+    a level switched around ``save`` was back); it drops storage failures only."""
+    from spacenet_jax.storage.checkpoint import _ocp
+
+    _ocp()
+    absl = logging.getLogger("absl")
+    full = ValueError("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
+    assert not absl.filter(_orbax_thread_record(full))
+    assert not absl.filter(_orbax_thread_record(OSError(errno.EACCES, "Permission denied")))
+    assert absl.filter(_orbax_thread_record(TypeError("a bug in a handler")))
+    assert absl.filter(_orbax_thread_record(full, level=logging.WARNING))
+    other = _orbax_thread_record(full)
+    other.pathname = "/x/some_other_library.py"
+    assert absl.filter(other)
+    _ocp()  # a second call does not add a second filter
+    assert sum(type(f).__name__ == "_StorageFailureFilter" for f in absl.filters) == 1

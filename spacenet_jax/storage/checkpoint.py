@@ -40,7 +40,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +76,26 @@ def _ocp():
     # orbax is imported lazily: it is slow to import and only checkpointing needs it.
     import orbax.checkpoint as ocp
 
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.WARNING)
+    if not any(isinstance(f, _StorageFailureFilter) for f in absl.filters):
+        absl.addFilter(_StorageFailureFilter())
     return ocp
 
 
-@contextlib.contextmanager
-def _quiet_orbax_errors() -> Iterator[None]:
-    """Inside: orbax's threads do not log a traceback per failed write (a full disk gave
-    hundreds of lines); the failure still reaches ``save``, which reports it once."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
+class _StorageFailureFilter(logging.Filter):
+    """Drops the traceback an orbax thread logs for a failed write (disk full, no permission;
+    a full disk gave hundreds of lines). Such a failure also reaches ``save``, which reports it
+    once with the fix. A filter, not a level switched around ``save``: orbax's threads may log
+    after ``save`` has raised. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+            return True
+        err = record.exc_info[1] if record.exc_info else None
+        if err is None and record.args:
+            err = next((a for a in record.args if isinstance(a, BaseException)), None)
+        return err is None or storage_errno(err) is None
 
 
 #: errno values of a full disk / of a folder this process may not write.
@@ -247,15 +252,14 @@ class TaskCheckpointer:
         }
         meta["meta_sha256"] = meta_checksum(meta)
         try:
-            with _quiet_orbax_errors():
-                saved = self._manager.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(_stored_tree(host)),
-                        meta=ocp.args.JsonSave(meta),
-                    ),
-                )
-                self._manager.wait_until_finished()
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_stored_tree(host)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+            )
+            self._manager.wait_until_finished()
         except (OSError, ValueError) as err:  # disk full, permissions, a vanished folder
             self._refuse_existing(step)  # another process saved this step meanwhile
             code = storage_errno(err)
