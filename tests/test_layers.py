@@ -15,7 +15,7 @@ from conftest import TINY_CNN
 from spacenet_jax import begin_task, init_state
 from spacenet_jax.core.compiler import CPU_FLAG, with_cpu_flag
 from spacenet_jax.core.continual import make_task_data
-from spacenet_jax.core.layers import conv2d, max_pool_2x2
+from spacenet_jax.core.layers import add_bias, conv2d, max_pool_2x2
 from spacenet_jax.core.network import forward, preprocess
 from spacenet_jax.core.training import train_epoch
 
@@ -37,6 +37,37 @@ def test_max_pool_gradient_equals_select_and_scatter_without_ties():
     ref = jax.vjp(_reduce_window_pool, x)[1](g)[0]
     np.testing.assert_array_equal(ours, ref)
     assert float(jnp.abs(ours[:, 12, :, :]).max()) == 0.0  # the dropped row gets no gradient
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 2)])
+def test_max_pool_gradient_equals_select_and_scatter_with_ties(shape):
+    """Ties within a window (after a ReLU, every zero ties): the gradient goes to the first
+    maximum in row-major order, as select_and_scatter sends it; each window passes on its
+    output gradient exactly once."""
+    key = jax.random.PRNGKey(11)
+    x = jnp.round(jax.random.normal(key, shape))  # few distinct values: many ties
+    x = jnp.concatenate([jax.nn.relu(x[:1]), x[1:]])  # and a batch of ReLU zeros
+    assert float(jnp.mean(x == 0)) > 0.3
+    g = jax.random.normal(jax.random.PRNGKey(12), max_pool_2x2(x).shape)
+    ours = jax.vjp(max_pool_2x2, x)[1](g)[0]
+    ref = jax.vjp(_reduce_window_pool, x)[1](g)[0]
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_allclose(ours.sum(axis=(1, 2)), g.sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    jitted = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * g)))(x)
+    np.testing.assert_array_equal(jitted, ref)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 3), (7, 6)])
+def test_add_bias_gradient_equals_jax_grad(shape):
+    x = jax.random.normal(jax.random.PRNGKey(13), shape)
+    b = jax.random.normal(jax.random.PRNGKey(14), shape[-1:])
+    g = jax.random.normal(jax.random.PRNGKey(15), shape)
+    for custom in (True, False):
+        value, pullback = jax.vjp(lambda x, b, c=custom: add_bias(x, b, c), x, b)
+        np.testing.assert_array_equal(value, x + b)
+        dx, db = pullback(g)
+        np.testing.assert_array_equal(dx, g)
+        np.testing.assert_allclose(db, g.reshape(-1, shape[-1]).sum(0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from spacenet_jax.core import task_scores
 from spacenet_jax.core.config import SpaceNetConfig
-from spacenet_jax.core.layers import conv2d, max_pool_2x2
+from spacenet_jax.core.layers import add_bias, conv2d, max_pool_2x2
 from spacenet_jax.core.output_layer import inference_weights
 from spacenet_jax.core.state import SpaceNetState
 
@@ -89,7 +89,7 @@ def layer_outputs(
     features = x
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if layer < conv_layers:
-            h = conv2d(h, w, config.conv_padding[layer]) + b
+            h = add_bias(conv2d(h, w, config.conv_padding[layer]), b)
         else:
             if h.ndim > 2:
                 h = flatten_features(h)
