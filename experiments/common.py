@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from spacenet_jax.core.config import (
     INFERENCE,
     METHODS,
+    NEGATIVES,
     OUTPUT_COLUMNS,
     TASK_SCORES,
     TRAINING_STEPS,
@@ -177,6 +178,12 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     h.add_argument("--task-scores", choices=list(TASK_SCORES), default=defaults.task_scores,
                    help="with --inference per_task, the scale on which each task's sub-network "
                    "scores its classes: " + "; ".join(f"{k}: {v}" for k, v in TASK_SCORES.items()))
+    h.add_argument("--negatives", choices=list(NEGATIVES), default=defaults.negatives,
+                   help="what each task's head learns to score below its own images, without "
+                   "other tasks' data (beyond the paper; for --inference per_task): "
+                   + "; ".join(f"{k}: {v}" for k, v in NEGATIVES.items()))
+    h.add_argument("--negatives-weight", type=float, default=defaults.negatives_weight,
+                   help="weight of the --negatives term in the loss")
     h.add_argument("--validation", type=int, default=defaults.validation_per_class,
                    metavar="N", help="hold out N training examples per class as a validation "
                    "set, evaluated beside the test set after every task (choose settings on it, "
@@ -383,7 +390,8 @@ def main(
         config = dataclasses.replace(
             (make_config or config_from_args)(args, defaults),
             validation_per_class=args.validation, validation_seed=args.validation_seed,
-            task_scores=args.task_scores,
+            task_scores=args.task_scores, negatives=args.negatives,
+            negatives_weight=args.negatives_weight,
         )
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")

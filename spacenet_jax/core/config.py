@@ -61,6 +61,14 @@ TASK_SCORES: dict[str, str] = {
     "last hidden features to the class mean (statistics of the task's own training images)",
 }
 
+#: ``SpaceNetConfig.negatives``: what a task's head learns to score below its own images, with
+#: no other task's data (``spacenet_jax.core.negatives``).
+NEGATIVES: dict[str, str] = {
+    "none": "only the cross-entropy on the task's images (the paper)",
+    "rotations": "also each batch turned by a random quarter turn: the task's classes must "
+    "score its upright images a margin above the turned ones (a CNN on square images)",
+}
+
 #: ``SpaceNetConfig.training_step``: how an epoch computes the current task's steps. Both give
 #: the same updates, moments and Omega up to float rounding.
 TRAINING_STEPS: dict[str, str] = {
@@ -114,6 +122,15 @@ class SpaceNetConfig:
         which each task's sub-network scores its classes (``spacenet_jax.core.task_scores``), from
         statistics of the task's own training images gathered when it ends. ``"logits"``
         (default) changes nothing.
+      negatives: one of ``NEGATIVES``: ``"none"`` (the paper) or ``"rotations"``: every
+        step also runs the batch turned by a random quarter turn, and adds ``negatives_weight``
+        times the mean squared hinge ``max(0, margin + lse(turned) - lse(upright))^2`` on the
+        logsumexp ``lse`` of the current task's own class logits
+        (``spacenet_jax.core.negatives``), so that a task's head scores its own upright images
+        above everything else it is shown, without other tasks' data; meant for
+        ``inference="per_task"``, where the heads compete. A CNN on square images, with
+        stored output columns only; twice the step's work.
+      negatives_weight: the weight of that term (> 0).
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
@@ -152,6 +169,8 @@ class SpaceNetConfig:
     output_columns: str = "stored"
     inference: str = "shared"
     task_scores: str = "logits"
+    negatives: str = "none"
+    negatives_weight: float = 1.0
     learning_rate: float = 0.01
     momentum: float = 0.0
     batch_size: int = 128
@@ -337,6 +356,8 @@ FLAGS: dict[str, str] = {
     "output_columns": "--output-columns",
     "inference": "--inference",
     "task_scores": "--task-scores",
+    "negatives": "--negatives",
+    "negatives_weight": "--negatives-weight",
     "validation_per_class": "--validation",
     "validation_seed": "--validation-seed",
     "learning_rate": "--lr",
@@ -452,6 +473,25 @@ def validate(config: SpaceNetConfig) -> None:
             f"task_scores={config.task_scores!r} rescales each task's sub-network scores, which "
             f"only per-task inference has: add inference='per_task' (--inference per_task)"
         )
+    if config.negatives not in NEGATIVES:
+        _fail(f"negatives must be one of {', '.join(NEGATIVES)}, got {config.negatives!r}")
+    if config.negatives != "none":
+        square = len(config.image_shape) == 3 and config.image_shape[0] == config.image_shape[1]
+        if not (config.is_cnn and square):
+            network = f"a CNN on {config.image_shape} images" if config.is_cnn else "an MLP"
+            _fail(
+                f"negatives={config.negatives!r} turns the input images, which needs a CNN on "
+                f"square images; this network is {network}: use negatives='none'"
+            )
+        if not config.stores_output_columns:
+            _fail(
+                f"negatives={config.negatives!r} trains the current task's own classes against "
+                f"its turned images, which needs a sparse method that stores finished tasks' "
+                f"output columns (spacenet or static); method {config.method!r} with "
+                f"output_columns {config.output_columns!r} has none: use negatives='none'"
+            )
+        if not config.negatives_weight > 0:
+            _fail(f"negatives_weight must be > 0, got {config.negatives_weight}")
     if config.replay_per_task < 0:
         _fail(f"replay_per_task must be >= 0 (0 replays everything), got {config.replay_per_task}")
     if len(config.connections_per_task) != L:

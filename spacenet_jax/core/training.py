@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from spacenet_jax.core import subnetwork
+from spacenet_jax.core import negatives, subnetwork
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.network import forward, preprocess
 from spacenet_jax.core.state import FREE, SpaceNetState, make_optimizer
@@ -79,9 +79,20 @@ def _weighted_loss(logits: Array, labels: Array, example_weights: Array):
 
 
 def _loss(
-    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array
+    params: Params, config: SpaceNetConfig, x: Array, labels: Array, example_weights: Array,
+    turned: Array | None = None, own_classes: Array | None = None,
 ):
-    return _weighted_loss(forward(*params, x, config), labels, example_weights)
+    """The weighted cross-entropy of the batch ``x``; with ``turned`` (the batch turned,
+    ``config.negatives="rotations"``) plus ``negatives_weight`` times the margin penalty on the
+    current task's classes ``own_classes`` (``core.negatives``). The aux loss sum is the
+    cross-entropy's alone."""
+    logits = forward(*params, x, config)
+    loss, aux = _weighted_loss(logits, labels, example_weights)
+    if turned is not None:
+        penalty = negatives.margin_penalty(logits, forward(*params, turned, config), own_classes,
+                                           example_weights)
+        loss = loss + config.negatives_weight * penalty
+    return loss, aux
 
 
 def _masked_sgd(
@@ -123,8 +134,13 @@ def _train_step(
     example_weights: Array,
 ) -> tuple[SpaceNetState, StepMetrics]:
     x = preprocess(images, config)
+    turned = own_classes = None
+    if config.negatives == "rotations":
+        rng, key = jax.random.split(state.rng)
+        state = state.replace(rng=rng)
+        turned, own_classes = negatives.quarter_turn(x, key), masks[1][-1]
     grads, (loss_sum, logits) = jax.grad(_loss, has_aux=True)(
-        state.params, config, x, labels, example_weights
+        state.params, config, x, labels, example_weights, turned, own_classes
     )
     (weights, biases), opt_state, importance = _masked_sgd(
         config, state.params, grads, masks, state.opt_state, state.importance
