@@ -143,3 +143,20 @@ def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: Space
         assert np.array_equal(
             np.asarray(after.biases[h])[reserved], np.asarray(before.biases[h])[reserved]
         )
+
+
+@pytest.fixture(autouse=True)
+def _persistent_compilation_cache_off_between_tests():
+    """A test that runs an experiment's main in this process turns JAX's persistent compilation
+    cache on for the process. Left on, later tests read back executables that this process
+    serialized after compiling many other programs, and on XLA:CPU such an executable can come
+    back broken: the full suite once died in tests/test_validation.py reading one (a segfault,
+    then an abort in a clean CI run; the file alone passed). Each test therefore ends with the
+    cache as it found it (off unless a test turns it on), and JAX's cache state reset."""
+    from jax._src import compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    if jax.config.jax_compilation_cache_dir != before:
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()
