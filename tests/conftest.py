@@ -151,12 +151,14 @@ def _persistent_compilation_cache_off_between_tests():
     cache on for the process. Left on, later tests read back executables that this process
     serialized after compiling many other programs, and on XLA:CPU such an executable can come
     back broken: the full suite once died in tests/test_validation.py reading one (a segfault,
-    then an abort in a clean CI run; the file alone passed). Each test therefore ends with the
-    cache as it found it (off unless a test turns it on), and JAX's cache state reset."""
+    then an abort in a clean CI run; the file alone passed). Each test therefore starts and ends
+    with the cache off (a test may turn it on for itself), and JAX's cache state reset."""
     from jax._src import compilation_cache
 
-    before = jax.config.jax_compilation_cache_dir
+    if jax.config.jax_compilation_cache_dir is not None:  # on since an earlier test or import
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
     yield
-    if jax.config.jax_compilation_cache_dir != before:
-        jax.config.update("jax_compilation_cache_dir", before)
+    if jax.config.jax_compilation_cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
         compilation_cache.reset_cache()
