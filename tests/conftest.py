@@ -145,20 +145,13 @@ def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: Space
         )
 
 
-@pytest.fixture(autouse=True)
-def _persistent_compilation_cache_off_between_tests():
-    """A test that runs an experiment's main in this process turns JAX's persistent compilation
-    cache on for the process. Left on, later tests read back executables that this process
-    serialized after compiling many other programs, and on XLA:CPU such an executable can come
-    back broken: the full suite once died in tests/test_validation.py reading one (a segfault,
-    then an abort in a clean CI run; the file alone passed). Each test therefore starts and ends
-    with the cache off (a test may turn it on for itself), and JAX's cache state reset."""
-    from jax._src import compilation_cache
 
-    if jax.config.jax_compilation_cache_dir is not None:  # on since an earlier test or import
-        jax.config.update("jax_compilation_cache_dir", None)
-        compilation_cache.reset_cache()
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_freed_after_each_module():
+    """Free every compiled program after each test file (``jax.clear_caches``). The whole suite
+    compiles several thousand programs in one process; kept alive to the end, XLA:CPU once
+    crashed compiling one late in the run (``tests/test_validation.py``, reproducibly in clean
+    CI runs, never with the file alone): each executable holds mapped code, and the process
+    runs out. No test relies on a program compiled by another file."""
     yield
-    if jax.config.jax_compilation_cache_dir is not None:
-        jax.config.update("jax_compilation_cache_dir", None)
-        compilation_cache.reset_cache()
+    jax.clear_caches()
