@@ -11,8 +11,19 @@ import pytest
 from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
 
 from spacenet_jax.core.config import ConfigError
-from spacenet_jax.core.network import predict_with_tasks, task_subnetwork_outputs
-from spacenet_jax.core.task_scores import SHRINKAGE, fit_task_statistics, statistics_size
+from spacenet_jax.core.network import (
+    layer_outputs,
+    predict_with_tasks,
+    preprocess,
+    task_subnetwork_outputs,
+    task_subnetwork_weights,
+)
+from spacenet_jax.core.task_scores import (
+    SHRINKAGE,
+    feature_width,
+    fit_task_statistics,
+    statistics_size,
+)
 from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
 from spacenet_jax.storage.checkpoint import TaskCheckpointer, restore_task, seed_dir
 from spacenet_jax.storage.data import task_indices
@@ -22,8 +33,14 @@ MAHALANOBIS = dataclasses.replace(PER_TASK, task_scores="mahalanobis")
 STANDARDISED = dataclasses.replace(PER_TASK, task_scores="standardised")
 
 
-@pytest.mark.parametrize("config", [MAHALANOBIS, dataclasses.replace(
-    TINY_CNN, inference="per_task", task_scores="mahalanobis")], ids=["mlp", "cnn"])
+MAHALANOBIS_ALL = dataclasses.replace(PER_TASK, task_scores="mahalanobis_all")
+CNN_PER_TASK = dataclasses.replace(TINY_CNN, inference="per_task")
+
+
+@pytest.mark.parametrize("config", [
+    MAHALANOBIS, dataclasses.replace(CNN_PER_TASK, task_scores="mahalanobis"), MAHALANOBIS_ALL,
+    dataclasses.replace(CNN_PER_TASK, task_scores="mahalanobis_all"),
+], ids=["mlp", "cnn", "mlp-all-layers", "cnn-all-layers"])
 def test_statistics_are_those_of_each_tasks_own_training_images(config):
     """Recomputed with numpy from the task's examples in the sub-network it ended with."""
     data = data_for(config)
@@ -50,6 +67,25 @@ def test_statistics_are_those_of_each_tasks_own_training_images(config):
         np.testing.assert_allclose(distance_norm[t], [nearest.mean(), nearest.std()],
                                    rtol=2e-3)
     assert statistics_size(config) == sum(a.size for a in state.task_statistics)
+
+
+@pytest.mark.parametrize("config", [MAHALANOBIS_ALL, dataclasses.replace(
+    CNN_PER_TASK, task_scores="mahalanobis_all")], ids=["mlp", "cnn"])
+def test_all_layer_features_are_every_hidden_layer_with_conv_maps_averaged_over_space(config):
+    data = data_for(config)
+    state, _, _ = run_keeping_states(config, data)
+    images = data.test_images[:16]
+    task = config.num_tasks - 1
+    features, logits = task_subnetwork_outputs(state, config, images, task)
+    weights, biases = task_subnetwork_weights(state, task)
+    hidden, _, plain_logits = layer_outputs(weights, biases, preprocess(images, config), config)
+    expected = np.concatenate(
+        [np.asarray(h).mean(axis=(1, 2)) if h.ndim == 4 else np.asarray(h) for h in hidden], 1)
+    assert features.shape == (16, feature_width(config)) == (16, sum(config.layer_sizes[1:-1]))
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(logits, plain_logits)
+    if config.is_cnn:  # not just the dense layer: the conv maps' means are in it
+        assert feature_width(config) > config.layer_sizes[-2]
 
 
 def test_a_tasks_statistics_never_change_after_it_ends():
@@ -114,6 +150,8 @@ def test_needs_per_task_inference_and_a_known_rule():
     assert statistics_size(STANDARDISED) == 2 * TINY.num_tasks
     D, T, C = TINY.layer_sizes[-2], TINY.num_tasks, TINY.num_classes
     assert statistics_size(MAHALANOBIS) == 2 * T + C * D + T * D * D + 2 * T
+    D_all = sum(TINY.layer_sizes[1:-1])
+    assert statistics_size(MAHALANOBIS_ALL) == 2 * T + C * D_all + T * D_all**2 + 2 * T
 
 
 def test_checkpoints_keep_the_statistics_and_reevaluation_reproduces_the_run(tmp_path):

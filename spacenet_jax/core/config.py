@@ -59,6 +59,8 @@ TASK_SCORES: dict[str, str] = {
     "on its own training images",
     "mahalanobis": "the standardised logit plus the standardised Mahalanobis closeness of the "
     "last hidden features to the class mean (statistics of the task's own training images)",
+    "mahalanobis_all": "as mahalanobis, on the features of every hidden layer: each conv "
+    "layer's maps averaged over space, and every dense unit",
 }
 
 #: ``SpaceNetConfig.negatives``: what a task's head learns to score below its own images, with

@@ -148,7 +148,7 @@ def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Arra
     logits = None
     for task in range(config.num_tasks):
         weights, biases = task_subnetwork_weights(state, task)
-        features, out = forward_with_features(weights, biases, x, config)
+        features, out = _scored_outputs(weights, biases, x, config)
         out = task_scores.class_scores(
             config, state.task_statistics, task, task < state.task, features, out
         )
@@ -156,13 +156,23 @@ def task_subnetwork_logits(state: SpaceNetState, config: SpaceNetConfig, x: Arra
     return logits
 
 
+def _scored_outputs(
+    weights: Sequence[Array], biases: Sequence[Array], x: Array, config: SpaceNetConfig
+) -> tuple[Array, Array]:
+    """``(features the task score reads, logits)`` (``task_scores.score_features``)."""
+    hidden, features, logits = layer_outputs(weights, biases, x, config)
+    return task_scores.score_features(config, hidden, features), logits
+
+
 def task_subnetwork_outputs(
     state: SpaceNetState, config: SpaceNetConfig, images: Array, task: int | Array
 ) -> tuple[Array, Array]:
     """``(features, logits)`` of uint8 ``images`` ``(B, D)`` in task ``task``'s sub-network
-    (``task_subnetwork_weights``): its last hidden layer's activations and its raw logits."""
+    (``task_subnetwork_weights``): the features ``config.task_scores`` reads (the last hidden
+    layer's activations, or every hidden layer's for ``"mahalanobis_all"``) and its raw
+    logits."""
     weights, biases = task_subnetwork_weights(state, task)
-    return forward_with_features(weights, biases, preprocess(images, config), config)
+    return _scored_outputs(weights, biases, preprocess(images, config), config)
 
 
 def _logits(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:

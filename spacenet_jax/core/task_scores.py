@@ -18,6 +18,11 @@ training data gathered when it ends (no other task's data, nothing stored but th
   the identity), and ``m_t``, ``s_t`` the mean and sd of the nearest class's ``d2`` over task
   t's training images (the feature-space outlier score of Lee et al., 2018, made comparable
   across tasks by the same standardisation).
+* ``"mahalanobis_all"``: the same on the features of *every* hidden layer, concatenated
+  (:func:`score_features`): each conv layer's ReLU maps averaged over space (one number per
+  map, before pooling) and every dense hidden unit; ``D = sum(layer_sizes[1:-1])``. Lee et
+  al. (2018) combine the distances of several layers; one pooled covariance over their
+  concatenation is the simplest such combination.
 
 The statistics live in ``SpaceNetState.task_statistics`` (see :func:`empty_statistics`);
 their memory is counted by :func:`statistics_size`.
@@ -41,9 +46,29 @@ SHRINKAGE = 1e-3
 CHUNK = 500
 
 
+#: The rules that read Mahalanobis distances of hidden features.
+DISTANCE_RULES = ("mahalanobis", "mahalanobis_all")
+
+
 def feature_width(config: SpaceNetConfig) -> int:
-    """``D``: units of the last hidden layer, whose activations the Mahalanobis score reads."""
+    """``D``: the width of the features the Mahalanobis score reads: the last hidden layer's
+    units, or for ``"mahalanobis_all"`` the units (conv: maps) of every hidden layer."""
+    if config.task_scores == "mahalanobis_all":
+        return sum(config.layer_sizes[1:-1])
     return config.layer_sizes[-2]
+
+
+def score_features(config: SpaceNetConfig, hidden: list[Array], features: Array) -> Array:
+    """The features ``(B, feature_width(config))`` the score reads, from ``layer_outputs``'
+    ``hidden`` (per hidden layer, ReLU activations: conv ``(B, H, W, maps)``, dense
+    ``(B, units)``) and ``features`` (the output layer's input ``(B, fan_in_L)``).
+
+    ``"mahalanobis_all"``: every hidden layer, conv maps averaged over space, concatenated in
+    layer order; otherwise ``features`` itself.
+    """
+    if config.task_scores != "mahalanobis_all":
+        return features
+    return jnp.concatenate([h.mean(axis=(1, 2)) if h.ndim == 4 else h for h in hidden], -1)
 
 
 def empty_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
@@ -52,7 +77,8 @@ def empty_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
     * ``"logits"``: ``()``.
     * ``"standardised"``: ``(logit_norm,)``, float32 ``(T, 2)``: per task, the mean and sd of
       its largest own-class logit on its training images (zeros until the task ends).
-    * ``"mahalanobis"``: ``(logit_norm, class_means, precisions, distance_norm)``:
+    * ``"mahalanobis"`` and ``"mahalanobis_all"``: ``(logit_norm, class_means, precisions,
+      distance_norm)``:
       ``class_means`` ``(C, D)`` (row c: class c's mean features), ``precisions``
       ``(T, D, D)`` (each task's inverse shrunk pooled covariance) and ``distance_norm``
       ``(T, 2)`` (mean and sd of the nearest class's squared distance).
@@ -81,14 +107,14 @@ def class_scores(
     used by the caller): raw ``logits`` while the task has not ended (no statistics yet).
 
     Args:
-      features: ``(B, D)`` last hidden layer activations; logits: ``(B, C)``.
+      features: ``(B, D)`` the features of :func:`score_features`; logits: ``(B, C)``.
       ended: bool scalar, whether ``task`` has ended (its statistics are fitted).
     """
     if config.task_scores == "logits":
         return logits
     mean, sd = statistics[0][task, 0], statistics[0][task, 1]
     scores = (logits - mean) / jnp.where(ended, sd, 1.0)
-    if config.task_scores == "mahalanobis":
+    if config.task_scores in DISTANCE_RULES:
         _, class_means, precisions, distance_norm = statistics
         d2 = squared_distances(features, class_means, precisions[task])  # (B, C)
         mean_d2, sd_d2 = distance_norm[task, 0], distance_norm[task, 1]
@@ -201,7 +227,7 @@ def fit_task_statistics(
     statistics = [jnp.asarray(a) for a in state.task_statistics]
     norm = jnp.moveaxis(_mean_sd(total, total_sq, count), 0, -1)
     statistics[0] = statistics[0].at[ours].set(norm)
-    if config.task_scores == "mahalanobis":
+    if config.task_scores in DISTANCE_RULES:
         own = jnp.asarray(config.class_masks()[task])[:, None]
         means = class_sum / jnp.maximum(class_count, 1.0)[..., None]
         class_means = jnp.where(own, means, statistics[1])
