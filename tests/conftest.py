@@ -145,13 +145,13 @@ def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: Space
         )
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _compiled_programs_freed_after_each_module():
     """Free every compiled program after each test file (``jax.clear_caches``). The whole suite
-    compiles several thousand programs in one process; kept alive to the end, XLA:CPU once
-    crashed compiling one late in the run (``tests/test_validation.py``, reproducibly in clean
-    CI runs, never with the file alone): each executable holds mapped code, and the process
-    runs out. No test relies on a program compiled by another file."""
+    compiles several thousand programs in one process; kept alive to the end, XLA:CPU crashed
+    compiling one late in the run (``tests/test_validation.py``, in three local clean-clone
+    runs, never with the file alone). The likely cause, not proven: each executable holds
+    mapped code and the process runs out of mappings. No test relies on a program compiled by
+    another file."""
     yield
     jax.clear_caches()
