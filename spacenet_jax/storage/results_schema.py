@@ -110,6 +110,7 @@ class Summary(_SummaryRequired, total=False):
     validation: dict[str, Statistic]  # final_avg_acc, final_task_il_avg_acc
     benchmark: str
     method: str
+    combined_from: list[str]  # experiments.combine: the results files joined
 
 
 class Results(TypedDict):
@@ -177,7 +178,8 @@ _SUMMARY = _object(
         "seeds": _array(_INT), "seconds_per_run": _STATISTIC,
     },
     {"validation": {"type": "object", "additionalProperties": _STATISTIC},
-     "benchmark": {"type": "string"}, "method": {"type": "string"}},
+     "benchmark": {"type": "string"}, "method": {"type": "string"},
+     "combined_from": _array({"type": "string"})},
 )
 #: The format as a JSON Schema (draft 2020-12); ``docs/results.schema.json`` holds it.
 JSON_SCHEMA: dict[str, Any] = {
