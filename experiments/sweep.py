@@ -105,12 +105,13 @@ def parse_grid(entries: Sequence[str], base: SpaceNetConfig) -> list[Setting]:
 
 
 def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
-                search_seed: int) -> list[Setting]:
+                search_seed: int, rejected: list[tuple[Setting, str]] | None = None,
+                ) -> list[Setting]:
     """``count`` settings drawn from ``--space`` entries: ``NAME=log:LO:HI`` (log-uniform),
     ``NAME=uniform:LO:HI``, ``NAME=choice:A,B,...``; ints are rounded, floats kept to 4
     significant digits, all from ``numpy.random.default_rng(search_seed)``. A draw the
     network cannot take (``ConfigError``, e.g. more output connections than positions) is
-    drawn again."""
+    drawn again, and appended with the reason to ``rejected`` if given."""
     rng = np.random.default_rng(search_seed)
     spaces = []
     for entry in entries:
@@ -146,7 +147,9 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
             setting[name] = value
         try:
             dataclasses.replace(base, **setting)
-        except ConfigError:
+        except ConfigError as err:
+            if rejected is not None:
+                rejected.append((setting, str(err)))
             continue
         settings.append(setting)
     if len(settings) < count:
@@ -332,7 +335,12 @@ def main(argv: list[str] | None = None, dataset: Any | None = None) -> dict[str,
         if args.random is not None:
             if args.grid or not args.space or args.random < 1:
                 raise SweepError("--random N takes --space entries (and no --grid), N >= 1")
-            settings = draw_random(args.space, args.random, base, args.search_seed)
+            rejected: list[tuple[Setting, str]] = []
+            settings = draw_random(args.space, args.random, base, args.search_seed, rejected)
+            if rejected:
+                example, why = rejected[0]
+                print(f"[sweep] {len(rejected)} draw(s) the network cannot take were drawn "
+                      f"again, e.g. {example}: {why}", file=sys.stderr)
         elif args.grid:
             settings = parse_grid(args.grid, base)
         else:

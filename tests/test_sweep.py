@@ -142,8 +142,11 @@ def test_cli_refuses_a_sweep_without_validation_and_an_impossible_setting(tmp_pa
 
 def test_random_draws_the_network_cannot_take_are_drawn_again():
     space = ["connections_per_task=choice:60/30/8,60/30/9999", "momentum=uniform:0:0.9"]
-    drawn = sweep.draw_random(space, 6, BASE, search_seed=0)
+    rejected = []
+    drawn = sweep.draw_random(space, 6, BASE, search_seed=0, rejected=rejected)
     assert len(drawn) == 6 and all(s["connections_per_task"] == (60, 30, 8) for s in drawn)
+    assert rejected and all(s["connections_per_task"] == (60, 30, 9999) for s, _ in rejected)
+    assert all("connections" in why for _, why in rejected)
     with pytest.raises(sweep.SweepError, match="only 0 of 2 draws"):
         sweep.draw_random(["connections_per_task=choice:60/30/9999"], 2, BASE, search_seed=0)
 
