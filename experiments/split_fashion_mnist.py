@@ -14,16 +14,18 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.common import main
-from experiments.split_mnist import SPLIT_MNIST, SPLIT_MNIST_TUNED
+from experiments.split_mnist import SPLIT_MNIST
 
 #: Split MNIST's setup; only the input statistics differ (Fashion-MNIST's training set).
 SPLIT_FASHION_MNIST = dataclasses.replace(SPLIT_MNIST, input_mean=0.2860, input_std=0.3530)
 
-#: Split MNIST's tuned settings, checked on Fashion-MNIST's own validation split (500 images
-#: per class held out, seeds 0-9: 63.63 +- 2.84 % against 60.78 +- 4.45 for the paper's).
+#: Settings chosen on Fashion-MNIST's own validation split (500 images per class held out,
+#: seeds 0-9): 50 selected neurons, 100 output connections, rewire ratio 0.35, the paper's 4
+#: epochs: 63.63 +- 2.84 % against 60.78 +- 4.45 for the paper's settings. Split MNIST's
+#: later choice (55 selected, 3 epochs) scored 61.91 +- 4.29 here, so it is not taken.
 SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(
-    SPLIT_MNIST_TUNED, input_mean=SPLIT_FASHION_MNIST.input_mean,
-    input_std=SPLIT_FASHION_MNIST.input_std,
+    SPLIT_FASHION_MNIST, selected_neurons=(50, 50), connections_per_task=(10000, 1640, 100),
+    rewire_ratio=0.35,
 )
 
 PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED}

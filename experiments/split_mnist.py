@@ -17,11 +17,12 @@ SPLIT_MNIST = SpaceNetConfig()
 
 #: The paper's method with the settings chosen on a validation split (500 training images per
 #: class held out, seeds 0-9, ``python -m experiments.sweep``; README, "Hyper-parameter
-#: sweeps"): 50 instead of 80 selected neurons per hidden layer, 100 instead of 80 output
-#: connections per task, rewire ratio 0.35 instead of 0.2.
+#: sweeps"): 55 instead of 80 selected neurons per hidden layer, 100 instead of 80 output
+#: connections per task, rewire ratio 0.35 instead of 0.2, 3 epochs per task instead of 4
+#: (validation 75.65 +- 2.90 % against 70.88 +- 4.42 for the paper's settings).
 SPLIT_MNIST_TUNED = dataclasses.replace(
-    SPLIT_MNIST, selected_neurons=(50, 50), connections_per_task=(10000, 1640, 100),
-    rewire_ratio=0.35,
+    SPLIT_MNIST, selected_neurons=(55, 55), connections_per_task=(10000, 1640, 100),
+    rewire_ratio=0.35, epochs=3,
 )
 
 PRESETS = {"paper": SPLIT_MNIST, "tuned": SPLIT_MNIST_TUNED}
