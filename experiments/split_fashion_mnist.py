@@ -20,13 +20,12 @@ from experiments.split_mnist import SPLIT_MNIST
 SPLIT_FASHION_MNIST = dataclasses.replace(SPLIT_MNIST, input_mean=0.2860, input_std=0.3530)
 
 #: Settings chosen on Fashion-MNIST's own validation split (500 images per class held out,
-#: seeds 0-9): 50 selected neurons, 100 output connections, rewire ratio 0.35, the paper's 4
-#: epochs: 63.63 +- 2.84 % against 60.78 +- 4.45 for the paper's settings. Split MNIST's
-#: later choice (55 selected, 3 epochs) scored 61.91 +- 4.29 here, so it is not taken.
-SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(
-    SPLIT_FASHION_MNIST, selected_neurons=(50, 50), connections_per_task=(10000, 1640, 100),
-    rewire_ratio=0.35,
-)
+#: ``python -m experiments.sweep``; README, "Hyper-parameter sweeps"): the paper's network and
+#: budget with 3 epochs per task instead of 4 and learning rate 0.0228 instead of 0.01, from a
+#: random search (seeds 0-4) checked on seeds 0-9: 64.53 +- 3.42 % against 60.78 +- 4.45 for
+#: the paper's settings and 63.63 +- 2.84 for split MNIST's earlier preset.
+SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(SPLIT_FASHION_MNIST, epochs=3,
+                                                learning_rate=0.0228)
 
 PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED}
 
