@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from experiments.cifar10_100 import CIFAR10_100, TASK_CLASSES, combine_cifar10_100
 from experiments.cnn import add_cnn_arguments, cnn_config_from_args
 from experiments.common import main
-from experiments.split_cifar10 import SPLIT_CIFAR10
+from experiments.split_cifar10 import PRESETS, SPLIT_CIFAR10
 from spacenet_jax.storage.data import ImageDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,29 @@ def test_split_cifar10_cli_on_fake_images_writes_results_and_the_figure(tmp_path
     png = out / "final_task_accuracy.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "final_task_accuracy.png" in capsys.readouterr().out
+
+
+def test_the_per_task_preset_sets_the_inference_rule_and_flags_still_override_it(tmp_path):
+    def run(out, *flags):
+        return main(
+            "split_cifar10", "cifar10", "test", SPLIT_CIFAR10,
+            ["--preset", "per_task", "--epochs", "1", "--width", "16,16,16,16", "--dense", "32",
+             "--weights-per-task", "0.06", "--specific-neurons", "1,1,1,1,4", "--out", str(out),
+             "--quiet", *flags],
+            add_arguments=add_cnn_arguments, make_config=cnn_config_from_args,
+            load=lambda data_dir, quiet: _cifar_like(10, 16), presets=PRESETS,
+        )["runs"][0]["config"]
+
+    config = run(tmp_path / "preset")
+    assert (config["inference"], config["task_scores"], config["negatives"]) == (
+        "per_task", "mahalanobis_all", "rotations")
+    assert config["learning_rate"] == SPLIT_CIFAR10.learning_rate
+    config = run(tmp_path / "override", "--negatives", "none")
+    assert (config["inference"], config["negatives"]) == ("per_task", "none")
+    paper, preset = PRESETS["paper"], PRESETS["per_task"]
+    assert {f.name for f in dataclasses.fields(paper)
+            if getattr(paper, f.name) != getattr(preset, f.name)} == {
+        "inference", "task_scores", "negatives"}
 
 
 def test_a_dataset_that_does_not_fit_the_network_is_refused():
