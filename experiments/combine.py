@@ -59,12 +59,15 @@ def combine_runs(sources: dict[Path, list[dict[str, Any]]]) -> list[dict[str, An
             if run["benchmark"] != reference["benchmark"]:
                 what.append(f"benchmark {run['benchmark']!r} there, {reference['benchmark']!r} "
                             f"in {first_path}")
-            what += describe_differences(with_default_fields(run["config"]), want, "there")
+            what += [item.replace(", this run ", f", {first_path.parent.name or first_path} ")
+                     for item in describe_differences(
+                         with_default_fields(run["config"]), want,
+                         path.parent.name or str(path))]
             if what:
                 raise ResultsFileError(
                     f"{path} (seed {run['seed']}) is a run of another configuration than "
-                    f"{first_path} ({'; '.join(what)}, where 'this run' is {first_path}); "
-                    f"only runs of one configuration can be combined"
+                    f"{first_path} ({'; '.join(what)}); only runs of one configuration can be "
+                    f"combined"
                 )
             if run["seed"] in seen:
                 raise ResultsFileError(
