@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TINY, TINY_CNN, data_for, host, run_keeping_states
@@ -20,6 +21,7 @@ from spacenet_jax.core.network import (
 )
 from spacenet_jax.core.task_scores import (
     SHRINKAGE,
+    class_scores,
     feature_width,
     fit_task_statistics,
     statistics_size,
@@ -35,6 +37,7 @@ STANDARDISED = dataclasses.replace(PER_TASK, task_scores="standardised")
 
 MAHALANOBIS_ALL = dataclasses.replace(PER_TASK, task_scores="mahalanobis_all")
 CNN_PER_TASK = dataclasses.replace(TINY_CNN, inference="per_task")
+RELATIVE = dataclasses.replace(PER_TASK, task_scores="mahalanobis_relative")
 
 
 @pytest.mark.parametrize("config", [
@@ -67,6 +70,51 @@ def test_statistics_are_those_of_each_tasks_own_training_images(config):
         np.testing.assert_allclose(distance_norm[t], [nearest.mean(), nearest.std()],
                                    rtol=2e-3)
     assert statistics_size(config) == sum(a.size for a in state.task_statistics)
+
+
+def test_relative_distance_subtracts_one_gaussian_over_each_tasks_own_features():
+    """``mahalanobis_relative``: the task's one mean and shrunk covariance over all its training
+    features, the norm of the relative distance, and the scores, against numpy."""
+    config = RELATIVE
+    data = data_for(config)
+    state, _, states = run_keeping_states(config, data)
+    logit_norm, class_means, precisions, distance_norm, task_means, task_precisions = (
+        np.asarray(a, np.float64) for a in state.task_statistics)
+    index = task_indices(data.train_labels, config.task_classes)
+    for t, classes in enumerate(config.task_classes):
+        images = data.train_images[index[t]]
+        h, _ = (np.asarray(a, np.float64) for a in
+                task_subnetwork_outputs(states[t], config, images, t))
+        np.testing.assert_allclose(task_means[t], h.mean(0), rtol=1e-4, atol=1e-5)
+        centred = h - h.mean(0)
+        cov = centred.T @ centred / len(h)
+        D = cov.shape[0]
+        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.trace(cov) / D * np.eye(D)
+        np.testing.assert_allclose(cov @ task_precisions[t], np.eye(D), atol=1e-2)
+
+        def relative(features, t=t, classes=classes):
+            d = features[:, None, :] - class_means[list(classes)][None]
+            d2 = np.einsum("nkd,de,nke->nk", d, precisions[t], d)
+            d0 = features - task_means[t]
+            return d2 - np.einsum("nd,de,ne->n", d0, task_precisions[t], d0)[:, None]
+
+        nearest = relative(h).min(1)  # a small difference of large forms: absolute rounding
+        np.testing.assert_allclose(distance_norm[t], [nearest.mean(), nearest.std()],
+                                   rtol=2e-3, atol=1e-2)
+        # The scores of the finished state's task t on test images.
+        features, logits = (np.asarray(a, np.float64) for a in
+                            task_subnetwork_outputs(state, config, data.test_images[:32], t))
+        scores = class_scores(config, state.task_statistics, t, jnp.asarray(True),
+                              jnp.asarray(features, jnp.float32), jnp.asarray(logits, jnp.float32))
+        expected = ((logits[:, list(classes)] - logit_norm[t, 0]) / logit_norm[t, 1]
+                    - (relative(features) - distance_norm[t, 0]) / distance_norm[t, 1])
+        # float32 against float64: the relative distance is a difference of two quadratic
+        # forms, so rounding is about 1e-3 of the scores (up to hundreds far from the task).
+        np.testing.assert_allclose(np.asarray(scores)[:, list(classes)], expected, rtol=5e-3,
+                                   atol=5e-2)
+    D, T, C = feature_width(config), config.num_tasks, config.num_classes
+    assert sum(config.layer_sizes[1:-1]) == D
+    assert statistics_size(config) == 2 * T + C * D + 2 * T * D * D + 2 * T + T * D
 
 
 @pytest.mark.parametrize("config", [MAHALANOBIS_ALL, dataclasses.replace(

@@ -61,6 +61,8 @@ TASK_SCORES: dict[str, str] = {
     "last hidden features to the class mean (statistics of the task's own training images)",
     "mahalanobis_all": "as mahalanobis, on the features of every hidden layer: each conv "
     "layer's maps averaged over space, and every dense unit",
+    "mahalanobis_relative": "as mahalanobis_all, with the relative distance (Ren et al. 2021): "
+    "the class's distance minus that to one Gaussian over all the task's training features",
 }
 
 #: ``SpaceNetConfig.negatives``: what a task's head learns to score below its own images, with

@@ -23,6 +23,13 @@ training data gathered when it ends (no other task's data, nothing stored but th
   map, before pooling) and every dense hidden unit; ``D = sum(layer_sizes[1:-1])``. Lee et
   al. (2018) combine the distances of several layers; one pooled covariance over their
   concatenation is the simplest such combination.
+* ``"mahalanobis_relative"``: ``"mahalanobis_all"`` with the relative distance of Ren et al.
+  (2021), ``d2_c(h) - d2_0(h)``, where ``d2_0`` is the squared Mahalanobis distance to a
+  single Gaussian fitted to all of task t's training features (its mean and shrunk
+  covariance, no labels). What every image of the task's domain shares is subtracted, so the
+  score reads how much more the image looks like class c than like any image the task saw;
+  Ren et al. found it better than the plain distance at telling near-by classes apart, which
+  is what deciding between two tasks' heads is.
 
 The statistics live in ``SpaceNetState.task_statistics`` (see :func:`empty_statistics`);
 their memory is counted by :func:`statistics_size`.
@@ -47,13 +54,15 @@ CHUNK = 500
 
 
 #: The rules that read Mahalanobis distances of hidden features.
-DISTANCE_RULES = ("mahalanobis", "mahalanobis_all")
+DISTANCE_RULES = ("mahalanobis", "mahalanobis_all", "mahalanobis_relative")
+#: The rules that read every hidden layer's features (:func:`score_features`).
+ALL_LAYER_RULES = ("mahalanobis_all", "mahalanobis_relative")
 
 
 def feature_width(config: SpaceNetConfig) -> int:
     """``D``: the width of the features the Mahalanobis score reads: the last hidden layer's
-    units, or for ``"mahalanobis_all"`` the units (conv: maps) of every hidden layer."""
-    if config.task_scores == "mahalanobis_all":
+    units, or for ``ALL_LAYER_RULES`` the units (conv: maps) of every hidden layer."""
+    if config.task_scores in ALL_LAYER_RULES:
         return sum(config.layer_sizes[1:-1])
     return config.layer_sizes[-2]
 
@@ -63,10 +72,10 @@ def score_features(config: SpaceNetConfig, hidden: list[Array], features: Array)
     ``hidden`` (per hidden layer, ReLU activations: conv ``(B, H, W, maps)``, dense
     ``(B, units)``) and ``features`` (the output layer's input ``(B, fan_in_L)``).
 
-    ``"mahalanobis_all"``: every hidden layer, conv maps averaged over space, concatenated in
+    ``ALL_LAYER_RULES``: every hidden layer, conv maps averaged over space, concatenated in
     layer order; otherwise ``features`` itself.
     """
-    if config.task_scores != "mahalanobis_all":
+    if config.task_scores not in ALL_LAYER_RULES:
         return features
     return jnp.concatenate([h.mean(axis=(1, 2)) if h.ndim == 4 else h for h in hidden], -1)
 
@@ -82,6 +91,9 @@ def empty_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
       ``class_means`` ``(C, D)`` (row c: class c's mean features), ``precisions``
       ``(T, D, D)`` (each task's inverse shrunk pooled covariance) and ``distance_norm``
       ``(T, 2)`` (mean and sd of the nearest class's squared distance).
+    * ``"mahalanobis_relative"``: those, then ``task_means`` ``(T, D)`` and
+      ``task_precisions`` ``(T, D, D)``: each task's one Gaussian over all its training
+      features (the distance norm is then that of the relative distance).
     """
     T = config.num_tasks
     if config.task_scores == "logits":
@@ -90,8 +102,11 @@ def empty_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
     if config.task_scores == "standardised":
         return (logit_norm,)
     D, C = feature_width(config), config.num_classes
-    return (logit_norm, jnp.zeros((C, D), jnp.float32), jnp.zeros((T, D, D), jnp.float32),
-            jnp.zeros((T, 2), jnp.float32))
+    distance = (logit_norm, jnp.zeros((C, D), jnp.float32), jnp.zeros((T, D, D), jnp.float32),
+                jnp.zeros((T, 2), jnp.float32))
+    if config.task_scores == "mahalanobis_relative":
+        return (*distance, jnp.zeros((T, D), jnp.float32), jnp.zeros((T, D, D), jnp.float32))
+    return distance
 
 
 def statistics_size(config: SpaceNetConfig) -> int:
@@ -115,8 +130,11 @@ def class_scores(
     mean, sd = statistics[0][task, 0], statistics[0][task, 1]
     scores = (logits - mean) / jnp.where(ended, sd, 1.0)
     if config.task_scores in DISTANCE_RULES:
-        _, class_means, precisions, distance_norm = statistics
+        _, class_means, precisions, distance_norm = statistics[:4]
         d2 = squared_distances(features, class_means, precisions[task])  # (B, C)
+        if config.task_scores == "mahalanobis_relative":
+            task_means, task_precisions = statistics[4:]
+            d2 = d2 - squared_distances(features, task_means[task][None], task_precisions[task])
         mean_d2, sd_d2 = distance_norm[task, 0], distance_norm[task, 1]
         scores = scores - (d2 - mean_d2) / jnp.where(ended, sd_d2, 1.0)
     return jnp.where(ended, scores, logits)
@@ -169,13 +187,25 @@ def _scatter(state, images, labels, ix, weight, class_means, *, config, task):
 
 
 @partial(jax.jit, static_argnames="config")
-def _distance_moments(state, images, labels, ix, weight, class_means, precision, *, config,
-                      task):
+def _task_scatter(state, images, labels, ix, weight, task_mean, *, config, task):
+    """The scatter of the task's features about their one mean (no labels)."""
+    from spacenet_jax.core.network import task_subnetwork_outputs
+
+    features, _ = task_subnetwork_outputs(state, config, images[ix], task)
+    centred = (features - task_mean) * weight[:, None]
+    return centred.T @ centred
+
+
+@partial(jax.jit, static_argnames="config")
+def _distance_moments(state, images, labels, ix, weight, class_means, precision, task_mean,
+                      task_precision, *, config, task):
     from spacenet_jax.core.network import task_subnetwork_outputs
 
     features, _ = task_subnetwork_outputs(state, config, images[ix], task)
     own = jnp.asarray(config.class_masks())[task]
     d2 = squared_distances(features, class_means, precision)
+    if config.task_scores == "mahalanobis_relative":
+        d2 = d2 - squared_distances(features, task_mean[None], task_precision)
     nearest = jnp.min(jnp.where(own, d2, jnp.inf), -1)
     return jnp.sum(weight * nearest), jnp.sum(weight * nearest**2)
 
@@ -233,8 +263,17 @@ def fit_task_statistics(
         class_means = jnp.where(own, means, statistics[1])
         scatter_of = over_seeds(_scatter, class_means)
         scatter = sum(scatter_of(ix, w) for ix, w in chunks)
-        precision = (jax.vmap(_precision) if batched else _precision)(scatter, count)
-        moments_of = over_seeds(_distance_moments, class_means, precision)
+        invert = jax.vmap(_precision) if batched else _precision
+        precision = invert(scatter, count)
+        task_mean = class_sum.sum(-2) / count[..., None]  # (D,) or (S, D)
+        task_precision = jnp.zeros_like(precision)  # unused unless the rule is relative
+        if config.task_scores == "mahalanobis_relative":
+            task_scatter_of = over_seeds(_task_scatter, task_mean)
+            task_precision = invert(sum(task_scatter_of(ix, w) for ix, w in chunks), count)
+            statistics[4] = statistics[4].at[ours].set(task_mean)
+            statistics[5] = statistics[5].at[ours].set(task_precision)
+        moments_of = over_seeds(_distance_moments, class_means, precision, task_mean,
+                                task_precision)
         moments = [moments_of(ix, w) for ix, w in chunks]
         total_d2 = sum(m[0] for m in moments)
         total_d2_sq = sum(m[1] for m in moments)
