@@ -20,13 +20,16 @@ from experiments.common import main
 SPLIT_CIFAR10 = cnn_config(((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)), 10)
 
 #: Beyond the paper: the same network and training, but each task's sub-network scores its
-#: own classes (``inference="per_task"``) on the Mahalanobis scale of every hidden layer's
-#: features (``task_scores="mahalanobis_all"``), and each task's head also learns to score its
-#: own images turned by quarter turns below them (``negatives="rotations"``): no task identity
-#: at test time, no old data. The paper's shared head learns only the last task
-#: (README, "Why tasks 2-5 are not learned").
+#: own classes (``inference="per_task"``) by the relative Mahalanobis distance of every hidden
+#: layer's features (``task_scores="mahalanobis_relative"``), and each task's head also learns
+#: to score its own images turned by quarter turns below them (``negatives="rotations"``): no
+#: task identity at test time, no old data. The paper's shared head keeps little of the
+#: earlier tasks (README, "Why tasks 2-5 are not learned"). The rule was chosen on validation
+#: (500 images per class held out, seeds 0-2, 20 epochs): 49.8 +- 3.2 % against 46.1 +- 4.3
+#: for ``mahalanobis_all`` and 32.8 +- 3.7 for the shared head, with the same negatives.
 SPLIT_CIFAR10_PER_TASK = dataclasses.replace(
-    SPLIT_CIFAR10, inference="per_task", task_scores="mahalanobis_all", negatives="rotations",
+    SPLIT_CIFAR10, inference="per_task", task_scores="mahalanobis_relative",
+    negatives="rotations",
 )
 
 PRESETS = {"paper": SPLIT_CIFAR10, "per_task": SPLIT_CIFAR10_PER_TASK}

@@ -85,7 +85,7 @@ def test_the_per_task_preset_sets_the_inference_rule_and_flags_still_override_it
 
     config = run(tmp_path / "preset")
     assert (config["inference"], config["task_scores"], config["negatives"]) == (
-        "per_task", "mahalanobis_all", "rotations")
+        "per_task", "mahalanobis_relative", "rotations")
     assert config["learning_rate"] == SPLIT_CIFAR10.learning_rate
     config = run(tmp_path / "override", "--negatives", "none")
     assert (config["inference"], config["negatives"]) == ("per_task", "none")
