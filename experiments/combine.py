@@ -59,10 +59,9 @@ def combine_runs(sources: dict[Path, list[dict[str, Any]]]) -> list[dict[str, An
             if run["benchmark"] != reference["benchmark"]:
                 what.append(f"benchmark {run['benchmark']!r} there, {reference['benchmark']!r} "
                             f"in {first_path}")
-            what += [item.replace(", this run ", f", {first_path.parent.name or first_path} ")
-                     for item in describe_differences(
-                         with_default_fields(run["config"]), want,
-                         path.parent.name or str(path))]
+            what += describe_differences(with_default_fields(run["config"]), want,
+                                         path.parent.name or str(path),
+                                         first_path.parent.name or str(first_path))
             if what:
                 raise ResultsFileError(
                     f"{path} (seed {run['seed']}) is a run of another configuration than "
@@ -103,9 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sources[path] = load_results(path)["runs"]
         runs = combine_runs(sources)
         check_output_folder(args.out)
-    except ResultsFormatError as err:
-        refuse(str(err))
-    except ResultsFileError as err:
+    except (ResultsFormatError, ResultsFileError) as err:
         refuse(str(err))
     payload = results_file(runs, runs[0]["benchmark"], runs[0]["method"])
     payload["summary"]["combined_from"] = [str(q) for q in paths]

@@ -375,10 +375,12 @@ FLAGS: dict[str, str] = {
 DATASET_FIELDS = ("input_mean", "input_std", "image_shape", "task_classes")
 
 
-def describe_differences(saved: dict, wanted: dict, saved_as: str = "saved") -> list[str]:
+def describe_differences(saved: dict, wanted: dict, saved_as: str = "saved",
+                         wanted_as: str = "this run") -> list[str]:
     """People's words for how two ``to_dict()`` configurations differ: one item per flag
-    (``"learning_rate (--lr): saved 0.05, this run 0.07"``), and one for a different dataset
-    (pixel normalisation, image shape or classes), which no flag sets."""
+    (``"learning_rate (--lr): saved 0.05, this run 0.07"``, the two sides named by
+    ``saved_as`` and ``wanted_as``), and one for a different dataset (pixel normalisation,
+    image shape or classes), which no flag sets."""
     keys = sorted(set(saved) | set(wanted))
     differ = [k for k in keys if saved.get(k) != wanted.get(k)]
     items = []
@@ -388,7 +390,7 @@ def describe_differences(saved: dict, wanted: dict, saved_as: str = "saved") -> 
     for k in differ:
         if k not in DATASET_FIELDS:
             flag = f" ({FLAGS[k]})" if k in FLAGS else ""
-            items.append(f"{k}{flag}: {saved_as} {saved.get(k, '<absent>')!r}, this run "
+            items.append(f"{k}{flag}: {saved_as} {saved.get(k, '<absent>')!r}, {wanted_as} "
                          f"{wanted.get(k, '<absent>')!r}")
     return items
 

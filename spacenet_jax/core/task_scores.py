@@ -131,13 +131,25 @@ def class_scores(
     scores = (logits - mean) / jnp.where(ended, sd, 1.0)
     if config.task_scores in DISTANCE_RULES:
         _, class_means, precisions, distance_norm = statistics[:4]
-        d2 = squared_distances(features, class_means, precisions[task])  # (B, C)
+        task_gaussian = None
         if config.task_scores == "mahalanobis_relative":
-            task_means, task_precisions = statistics[4:]
-            d2 = d2 - squared_distances(features, task_means[task][None], task_precisions[task])
+            task_gaussian = (statistics[4][task], statistics[5][task])
+        d2 = class_distances(features, class_means, precisions[task], task_gaussian)  # (B, C)
         mean_d2, sd_d2 = distance_norm[task, 0], distance_norm[task, 1]
         scores = scores - (d2 - mean_d2) / jnp.where(ended, sd_d2, 1.0)
     return jnp.where(ended, scores, logits)
+
+
+def class_distances(features: Array, class_means: Array, precision: Array,
+                    task_gaussian: tuple[Array, Array] | None = None) -> Array:
+    """``(B, C)``: the squared distance of features ``(B, D)`` to each class mean under the
+    task's pooled ``precision``; with ``task_gaussian`` (the task's one mean ``(D,)`` and
+    precision ``(D, D)``, ``"mahalanobis_relative"``) minus the distance to that Gaussian."""
+    d2 = squared_distances(features, class_means, precision)
+    if task_gaussian is None:
+        return d2
+    task_mean, task_precision = task_gaussian
+    return d2 - squared_distances(features, task_mean[None], task_precision)
 
 
 def squared_distances(features: Array, means: Array, precision: Array) -> Array:
@@ -187,25 +199,13 @@ def _scatter(state, images, labels, ix, weight, class_means, *, config, task):
 
 
 @partial(jax.jit, static_argnames="config")
-def _task_scatter(state, images, labels, ix, weight, task_mean, *, config, task):
-    """The scatter of the task's features about their one mean (no labels)."""
-    from spacenet_jax.core.network import task_subnetwork_outputs
-
-    features, _ = task_subnetwork_outputs(state, config, images[ix], task)
-    centred = (features - task_mean) * weight[:, None]
-    return centred.T @ centred
-
-
-@partial(jax.jit, static_argnames="config")
-def _distance_moments(state, images, labels, ix, weight, class_means, precision, task_mean,
-                      task_precision, *, config, task):
+def _distance_moments(state, images, labels, ix, weight, class_means, precision, task_gaussian,
+                      *, config, task):
     from spacenet_jax.core.network import task_subnetwork_outputs
 
     features, _ = task_subnetwork_outputs(state, config, images[ix], task)
     own = jnp.asarray(config.class_masks())[task]
-    d2 = squared_distances(features, class_means, precision)
-    if config.task_scores == "mahalanobis_relative":
-        d2 = d2 - squared_distances(features, task_mean[None], task_precision)
+    d2 = class_distances(features, class_means, precision, task_gaussian)
     nearest = jnp.min(jnp.where(own, d2, jnp.inf), -1)
     return jnp.sum(weight * nearest), jnp.sum(weight * nearest**2)
 
@@ -265,15 +265,18 @@ def fit_task_statistics(
         scatter = sum(scatter_of(ix, w) for ix, w in chunks)
         invert = jax.vmap(_precision) if batched else _precision
         precision = invert(scatter, count)
-        task_mean = class_sum.sum(-2) / count[..., None]  # (D,) or (S, D)
-        task_precision = jnp.zeros_like(precision)  # unused unless the rule is relative
+        task_gaussian = None
         if config.task_scores == "mahalanobis_relative":
-            task_scatter_of = over_seeds(_task_scatter, task_mean)
-            task_precision = invert(sum(task_scatter_of(ix, w) for ix, w in chunks), count)
-            statistics[4] = statistics[4].at[ours].set(task_mean)
-            statistics[5] = statistics[5].at[ours].set(task_precision)
-        moments_of = over_seeds(_distance_moments, class_means, precision, task_mean,
-                                task_precision)
+            # One Gaussian over all the task's features: the class scatter with every class's
+            # mean set to the task's mean.
+            task_mean = class_sum.sum(-2) / count[..., None]  # (D,) or (S, D)
+            scatter_of = over_seeds(_scatter, jnp.broadcast_to(task_mean[..., None, :],
+                                                               class_means.shape))
+            task_gaussian = (task_mean,
+                             invert(sum(scatter_of(ix, w) for ix, w in chunks), count))
+            statistics[4] = statistics[4].at[ours].set(task_gaussian[0])
+            statistics[5] = statistics[5].at[ours].set(task_gaussian[1])
+        moments_of = over_seeds(_distance_moments, class_means, precision, task_gaussian)
         moments = [moments_of(ix, w) for ix, w in chunks]
         total_d2 = sum(m[0] for m in moments)
         total_d2_sq = sum(m[1] for m in moments)
