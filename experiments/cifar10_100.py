@@ -11,7 +11,7 @@ on the paper's CNN. CIFAR-100 is read from the publisher's binary version
 from __future__ import annotations
 
 from experiments.cnn import add_cnn_arguments, cnn_config, cnn_config_from_args
-from experiments.common import main
+from experiments.common import command_line_process, main
 from spacenet_jax.storage.data import ImageDataset, combine_cifar10_100, load_dataset
 
 __all__ = ["CIFAR10_100", "TASK_CLASSES", "combine_cifar10_100", "load_cifar10_100"]
@@ -26,8 +26,9 @@ def load_cifar10_100(data_dir: str | None, quiet: bool) -> ImageDataset:
 
 
 if __name__ == "__main__":
-    main(
-        "cifar10_100", "cifar10_100", __doc__.splitlines()[0], CIFAR10_100,
-        add_arguments=add_cnn_arguments, make_config=cnn_config_from_args,
-        load=load_cifar10_100,
-    )
+    with command_line_process():
+        main(
+            "cifar10_100", "cifar10_100", __doc__.splitlines()[0], CIFAR10_100,
+            add_arguments=add_cnn_arguments, make_config=cnn_config_from_args,
+            load=load_cifar10_100,
+        )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import config_from_args, main
+from experiments.common import command_line_process, config_from_args, main
 from experiments.split_mnist import SPLIT_MNIST
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 from spacenet_jax.core.inputs import uint8_conversion_hint
@@ -513,4 +513,5 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run()
+    with command_line_process():
+        run()

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.common import print_table, refuse, version_line
+from experiments.common import command_line_process, print_table, refuse, version_line
 from spacenet_jax.core.config import INFERENCE, TASK_SCORES, ConfigError, SpaceNetConfig
 from spacenet_jax.core.state import SpaceNetState, free_neuron_counts
 from spacenet_jax.core.task_scores import empty_statistics, fit_task_statistics
@@ -157,4 +157,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    with command_line_process():
+        main()

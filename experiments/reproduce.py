@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.common import load_or_exit, parse_seeds, refuse
+from experiments.common import command_line_process, load_or_exit, parse_seeds, refuse
 from experiments.paper_tables import TABLES, PaperTable
 from experiments.split_fashion_mnist import SPLIT_FASHION_MNIST
 from experiments.split_mnist import SPLIT_MNIST
@@ -234,4 +234,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    with command_line_process():
+        main()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.cnn import add_cnn_arguments, cnn_config, cnn_config_from_args
-from experiments.common import main
+from experiments.common import command_line_process, main
 
 #: The paper's CNN and settings on five two-class tasks of CIFAR-10 (10 outputs).
 SPLIT_CIFAR10 = cnn_config(((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)), 10)
@@ -35,7 +35,8 @@ SPLIT_CIFAR10_PER_TASK = dataclasses.replace(
 PRESETS = {"paper": SPLIT_CIFAR10, "per_task": SPLIT_CIFAR10_PER_TASK}
 
 if __name__ == "__main__":
-    main(
-        "split_cifar10", "cifar10", __doc__.splitlines()[0], SPLIT_CIFAR10,
-        add_arguments=add_cnn_arguments, make_config=cnn_config_from_args, presets=PRESETS,
-    )
+    with command_line_process():
+        main(
+            "split_cifar10", "cifar10", __doc__.splitlines()[0], SPLIT_CIFAR10,
+            add_arguments=add_cnn_arguments, make_config=cnn_config_from_args, presets=PRESETS,
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.common import main
+from experiments.common import command_line_process, main
 from experiments.split_mnist import SPLIT_MNIST
 
 #: Split MNIST's setup; only the input statistics differ (Fashion-MNIST's training set).
@@ -30,5 +30,6 @@ SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(SPLIT_FASHION_MNIST, epochs=3,
 PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED}
 
 if __name__ == "__main__":
-    main("split_fashion_mnist", "fashion_mnist", __doc__.splitlines()[0], SPLIT_FASHION_MNIST,
-         presets=PRESETS)
+    with command_line_process():
+        main("split_fashion_mnist", "fashion_mnist", __doc__.splitlines()[0], SPLIT_FASHION_MNIST,
+             presets=PRESETS)

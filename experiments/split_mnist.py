@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.common import main
+from experiments.common import command_line_process, main
 from spacenet_jax.core.config import SpaceNetConfig
 
 #: The paper's split MNIST setup (the defaults of SpaceNetConfig).
@@ -28,4 +28,5 @@ SPLIT_MNIST_TUNED = dataclasses.replace(
 PRESETS = {"paper": SPLIT_MNIST, "tuned": SPLIT_MNIST_TUNED}
 
 if __name__ == "__main__":
-    main("split_mnist", "mnist", __doc__.splitlines()[0], SPLIT_MNIST, presets=PRESETS)
+    with command_line_process():
+        main("split_mnist", "mnist", __doc__.splitlines()[0], SPLIT_MNIST, presets=PRESETS)

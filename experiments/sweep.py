@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.common import load_or_exit, parse_seeds, refuse, version_line
+from experiments.common import command_line_process, load_or_exit, parse_seeds, refuse, version_line
 from experiments.split_fashion_mnist import SPLIT_FASHION_MNIST
 from experiments.split_mnist import SPLIT_MNIST
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig, parse_int_list
@@ -373,4 +373,5 @@ def main(argv: list[str] | None = None, dataset: Any | None = None) -> dict[str,
 
 
 if __name__ == "__main__":
-    main()
+    with command_line_process():
+        main()

@@ -66,3 +66,59 @@ def test_seeds_training_loop_times_a_vmapped_batch():
     result = seeds_training_loop(TINY, tasks, seeds=3, repeats=1)
     assert result["seeds"] == 3
     assert result["first_run_s"] > 0 and 0 < result["warm_run_s"] < result["first_run_s"]
+
+
+def test_task_data_goes_to_the_device_without_compiling_a_program():
+    # jnp.asarray of a host array runs a small compiled program per shape (start-up time);
+    # on_device transfers it, casts only where asked, and returns device arrays as they are.
+    import numpy as np
+
+    from spacenet_jax.core.continual import on_device
+
+    host = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with jax.log_compiles(True):
+        import logging
+
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            placed = on_device(host)
+            as_int = on_device(host, np.int32)
+        finally:
+            logger.removeHandler(handler)
+    assert not [r for r in records if "Compiling" in r.getMessage()]
+    assert isinstance(placed, jax.Array) and placed.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(placed), host)
+    assert as_int.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(as_int), host.astype(np.int32))
+    assert on_device(placed) is placed
+    assert on_device(placed, np.int32).dtype == np.int32
+
+
+def test_every_training_command_frees_its_exit_from_garbage_collection():
+    import gc
+    import importlib
+    import inspect
+
+    from experiments.common import command_line_process
+
+    def collectable(obj: object) -> bool:  # frozen objects are not in get_objects()
+        return any(o is obj for o in gc.get_objects())
+
+    imported = command_line_process  # alive before: frozen on entry
+    try:
+        with command_line_process():
+            assert not collectable(imported)
+            made = [1, 2, 3]  # made during the run: still collectable until the end
+            assert collectable(made)
+        assert not collectable(made)
+    finally:
+        gc.unfreeze()  # this is a test process: give the objects back to the collector
+    for name in ("split_mnist", "split_fashion_mnist", "split_cifar10", "cifar10_100",
+                 "own_data", "sweep", "reproduce", "reevaluate"):
+        source = inspect.getsource(importlib.import_module(f"experiments.{name}"))
+        main_block = source[source.index('if __name__ == "__main__":'):]
+        assert "with command_line_process():" in main_block, name

@@ -125,6 +125,18 @@ def pad_stage_indices(
     return padded, [len(ix) for ix in task_example_indices]
 
 
+def on_device(x: np.ndarray | Array, dtype: Any = None) -> Array:
+    """``x`` on the default device, as ``dtype`` if given.
+
+    A host array is transferred with ``jax.device_put``: ``jnp.asarray`` would run (and, in
+    a fresh process, trace, lower and load) a small compiled program per shape and dtype,
+    which costs start-up time. A device array is returned as it is (cast if needed).
+    """
+    if isinstance(x, jax.Array):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    return jax.device_put(np.asarray(x, dtype))
+
+
 def make_task_data(
     images: np.ndarray | Array,
     labels: np.ndarray | Array,
@@ -132,11 +144,11 @@ def make_task_data(
     batch_size: int,
 ) -> list[TaskData]:
     """Put the training set on the device once and pad every task to the same step count."""
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels, jnp.int32)
+    images = on_device(images)
+    labels = on_device(labels, np.int32)
     padded, counts = pad_stage_indices(task_example_indices, batch_size)
     return [
-        TaskData(images, labels, jnp.asarray(ix), n)
+        TaskData(images, labels, on_device(ix), n)
         for ix, n in zip(padded, counts, strict=True)
     ]
 
@@ -277,7 +289,7 @@ def run_epochs(
     """
     pending = []
     for epoch in range(config.epochs):
-        state, metrics, shortfall = one_epoch(state, jnp.asarray(epoch < config.epochs - 1))
+        state, metrics, shortfall = one_epoch(state, np.bool_(epoch < config.epochs - 1))
         pending.append((epoch, metrics, shortfall))
         if on_epoch is None and epoch < config.epochs - 1:
             continue
@@ -326,7 +338,7 @@ def learn_task(
                  data.images.shape[0], used=np.asarray(data.indices)[: data.num_examples])
     state, report = begin_task(state, config)
     check_allocation(report, task)
-    num_examples = jnp.asarray(data.num_examples, jnp.int32)
+    num_examples = np.int32(data.num_examples)
     products = (
         first_layer_products(state, config, data.images, data.indices)
         if caches_first_layer_products(config, data.indices.shape[-1]) else None

@@ -242,7 +242,7 @@ def learn_tasks(
     task = int(to_host(states.task)[0])
     states, report = begin_tasks(states, config, mesh)
     check_allocation(to_host(report), task, seeds)
-    num_examples = jnp.asarray(data.num_examples, jnp.int32)
+    num_examples = np.int32(data.num_examples)
     products = (
         first_layer_products_seeds(states, config, data.images, data.indices, mesh)
         if caches_first_layer_products(config, data.indices.shape[-1]) else None
