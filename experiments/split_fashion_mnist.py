@@ -7,6 +7,7 @@ Fashion-MNIST's own training-set mean and standard deviation.
     python -m experiments.split_fashion_mnist --seeds 0-9 --data-dir ../shared/datasets \
         --out runs/fmnist
     python -m experiments.split_fashion_mnist --preset tuned --seeds 0-9
+    python -m experiments.split_fashion_mnist --preset tuned_rehearsal --seeds 0-9
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ SPLIT_FASHION_MNIST = dataclasses.replace(SPLIT_MNIST, input_mean=0.2860, input_
 SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(SPLIT_FASHION_MNIST, epochs=3,
                                                 learning_rate=0.0228)
 
-PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED}
+#: SpaceNet-Rehearsal with the learning rate chosen on the validation split (seeds 0-9; README,
+#: "Where the figures differ from the paper"): 0.1 instead of 0.01, the paper's settings
+#: otherwise (validation 84.69 +- 0.42 % against 81.02 on seeds 0-4 at the paper's settings;
+#: 0.3 gave 84.56 +- 1.57).
+SPLIT_FASHION_MNIST_TUNED_REHEARSAL = dataclasses.replace(
+    SPLIT_FASHION_MNIST, method="rehearsal", learning_rate=0.1,
+)
+
+PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED,
+           "tuned_rehearsal": SPLIT_FASHION_MNIST_TUNED_REHEARSAL}
 
 if __name__ == "__main__":
     with command_line_process():

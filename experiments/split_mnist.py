@@ -3,6 +3,7 @@
     python -m experiments.split_mnist --seed 3
     python -m experiments.split_mnist --seeds 0-4 --data-dir ../shared/datasets --out runs/mnist
     python -m experiments.split_mnist --preset tuned --seeds 0-9 --data-dir ../shared/datasets
+    python -m experiments.split_mnist --preset tuned_rehearsal --seeds 0-9
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ SPLIT_MNIST_TUNED = dataclasses.replace(
     rewire_ratio=0.35, epochs=3,
 )
 
-PRESETS = {"paper": SPLIT_MNIST, "tuned": SPLIT_MNIST_TUNED}
+#: SpaceNet-Rehearsal with the settings chosen on the validation split (seeds 0-9; README,
+#: "Where the figures differ from the paper"): learning rate 0.1 instead of 0.01 and 8 epochs
+#: per task instead of 4, the paper's budget otherwise (validation 95.68 +- 0.30 % against
+#: 87.85 on seeds 0-4 at the paper's settings).
+SPLIT_MNIST_TUNED_REHEARSAL = dataclasses.replace(
+    SPLIT_MNIST, method="rehearsal", learning_rate=0.1, epochs=8,
+)
+
+PRESETS = {"paper": SPLIT_MNIST, "tuned": SPLIT_MNIST_TUNED,
+           "tuned_rehearsal": SPLIT_MNIST_TUNED_REHEARSAL}
 
 if __name__ == "__main__":
     with command_line_process():

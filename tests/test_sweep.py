@@ -187,3 +187,25 @@ def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(modul
                 presets=presets)["plan"]
     assert plan  # the whole sequence fits the network
     assert str(tuned.selected_neurons[0]) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["split_mnist", "split_fashion_mnist"])
+def test_the_tuned_rehearsal_presets_change_only_method_and_schedule(module, capsys):
+    import importlib
+
+    from experiments.common import main
+
+    presets = importlib.import_module(f"experiments.{module}").PRESETS
+    paper, tuned = presets["paper"], presets["tuned_rehearsal"]
+    changed = {f.name for f in dataclasses.fields(paper)
+               if getattr(paper, f.name) != getattr(tuned, f.name)}
+    # the paper's network and budget: only the method, its learning rate and epochs differ
+    assert changed <= {"method", "learning_rate", "epochs"} and "method" in changed
+    assert tuned.method == "rehearsal" and tuned.learning_rate > paper.learning_rate
+    plan = main(module, "unused", "d", paper, ["--preset", "tuned_rehearsal", "--dry-run"],
+                presets=presets)["plan"]
+    assert plan["method"] == "rehearsal" and plan["tasks"]
+    # the preset's method is the flag's default, and a flag still overrides it
+    args = ["--preset", "tuned_rehearsal", "--dry-run", "--method", "spacenet"]
+    assert main(module, "unused", "d", paper, args, presets=presets)["plan"]["method"] == "spacenet"
+    capsys.readouterr()
