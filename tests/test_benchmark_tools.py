@@ -68,28 +68,20 @@ def test_seeds_training_loop_times_a_vmapped_batch():
     assert result["first_run_s"] > 0 and 0 < result["warm_run_s"] < result["first_run_s"]
 
 
-def test_task_data_goes_to_the_device_without_compiling_a_program():
+def test_task_data_goes_to_the_device_without_compiling_a_program(caplog):
     # jnp.asarray of a host array runs a small compiled program per shape (start-up time);
     # on_device transfers it, casts only where asked, and returns device arrays as they are.
+    import logging
+
     import numpy as np
 
     from spacenet_jax.core.continual import on_device
 
     host = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    with jax.log_compiles(True):
-        import logging
-
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
-        logger = logging.getLogger("jax")
-        logger.addHandler(handler)
-        try:
-            placed = on_device(host)
-            as_int = on_device(host, np.int32)
-        finally:
-            logger.removeHandler(handler)
-    assert not [r for r in records if "Compiling" in r.getMessage()]
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG, logger="jax"):
+        placed = on_device(host)
+        as_int = on_device(host, np.int32)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
     assert isinstance(placed, jax.Array) and placed.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(placed), host)
     assert as_int.dtype == np.int32

@@ -169,16 +169,22 @@ def test_a_preset_sets_the_flags_defaults_and_flags_still_override(data):
         run("--preset", "nonsense")
 
 
-@pytest.mark.parametrize("module", ["split_mnist", "split_fashion_mnist"])
-def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(module, capsys):
+def _preset(module: str, name: str):
+    """``(presets, paper, preset, fields the preset changes)`` of an experiment module."""
     import importlib
 
+    presets = importlib.import_module(f"experiments.{module}").PRESETS
+    paper, preset = presets["paper"], presets[name]
+    changed = {f.name for f in dataclasses.fields(paper)
+               if getattr(paper, f.name) != getattr(preset, f.name)}
+    return presets, paper, preset, changed
+
+
+@pytest.mark.parametrize("module", ["split_mnist", "split_fashion_mnist"])
+def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(module, capsys):
     from experiments.common import main
 
-    presets = importlib.import_module(f"experiments.{module}").PRESETS
-    paper, tuned = presets["paper"], presets["tuned"]
-    changed = {f.name for f in dataclasses.fields(paper)
-               if getattr(paper, f.name) != getattr(tuned, f.name)}
+    presets, paper, tuned, changed = _preset(module, "tuned")
     assert changed == {
         "split_mnist": {"selected_neurons", "connections_per_task", "rewire_ratio", "epochs"},
         "split_fashion_mnist": {"epochs", "learning_rate"},
@@ -191,14 +197,9 @@ def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(modul
 
 @pytest.mark.parametrize("module", ["split_mnist", "split_fashion_mnist"])
 def test_the_tuned_rehearsal_presets_change_only_method_and_schedule(module, capsys):
-    import importlib
-
     from experiments.common import main
 
-    presets = importlib.import_module(f"experiments.{module}").PRESETS
-    paper, tuned = presets["paper"], presets["tuned_rehearsal"]
-    changed = {f.name for f in dataclasses.fields(paper)
-               if getattr(paper, f.name) != getattr(tuned, f.name)}
+    presets, paper, tuned, changed = _preset(module, "tuned_rehearsal")
     # the paper's network and budget: only the method, its learning rate and epochs differ
     assert changed <= {"method", "learning_rate", "epochs"} and "method" in changed
     assert tuned.method == "rehearsal" and tuned.learning_rate > paper.learning_rate
