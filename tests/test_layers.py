@@ -15,7 +15,7 @@ from conftest import TINY_CNN
 from spacenet_jax import begin_task, init_state
 from spacenet_jax.core.compiler import CPU_FLAG, with_cpu_flag
 from spacenet_jax.core.continual import make_task_data
-from spacenet_jax.core.layers import add_bias, conv2d, max_pool_2x2
+from spacenet_jax.core.layers import add_bias, conv2d, max_pool_2x2, unfused_transpose
 from spacenet_jax.core.network import forward, preprocess
 from spacenet_jax.core.training import train_epoch
 
@@ -127,6 +127,43 @@ def test_scanned_epoch_has_only_canonical_convolutions():
     assert len(labels_used) == 11  # 4 forward, 4 kernel and 3 input gradients
     if jax.default_backend() == "cpu":
         assert set(labels_used) == {"b01f_01io->b01f"}, labels_used
+
+
+def test_scanned_epoch_transposes_conv_inputs_apart_from_their_relu():
+    """XLA:CPU fuses a conv layer's bias and ReLU into the transpose of its output that the next
+    layer's kernel gradient reads, and the fused loop is about four times slower than the
+    transpose of a buffer. ``unfused_transpose`` keeps them apart: no fused computation of the
+    compiled epoch may hold both a ``(B, H, W, C) -> (C, H, W, B)`` transpose and a maximum."""
+    from experiments.split_cifar10 import SPLIT_CIFAR10 as config
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the custom convolution gradient is the CPU's")
+    state, _ = begin_task(init_state(config, 0), config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32 * 32 * 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, 64).astype(np.int32)
+    task = make_task_data(images, labels, [np.arange(64)], config.batch_size)[0]
+    hlo = train_epoch.lower(state, config, task.images, task.labels, task.indices,
+                            jnp.asarray(64)).compile().as_text()
+    computations = re.split(r"\n(?=%\S+ \()", hlo)
+    transposing = [c for c in computations
+                   if re.search(r"transpose\(.*dimensions=\{3,1,2,0\}", c)]
+    assert transposing, "the kernel gradients' input transposes are gone from the program"
+    fused_with_relu = [c.split(" ", 1)[0] for c in transposing if "maximum(" in c]
+    assert fused_with_relu == []
+
+
+@pytest.mark.parametrize("first", [1.5, np.nan])
+def test_unfused_transpose_is_the_transpose(first):
+    """Whatever the predicate the conditional reads (the first element, NaN included), jitted
+    and vmapped."""
+    x = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    x.flat[0] = first
+    perm = (3, 1, 2, 0)
+    np.testing.assert_array_equal(jax.jit(unfused_transpose, static_argnums=1)(x, perm),
+                                  np.transpose(x, perm))
+    batched = jax.vmap(lambda a: unfused_transpose(a, (2, 0, 1)))(x)
+    np.testing.assert_array_equal(batched, np.transpose(x, (0, 3, 1, 2)))
 
 
 def _reference_forward(weights, biases, x, config):
