@@ -267,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["torch_step_ms"] = torch_step(args.torch_python, args.repeats)
         if result["torch_step_ms"]:
             result["spacenet_over_torch"] = result["spacenet_step_ms"] / result["torch_step_ms"]
+            if "epoch" in result:  # the step as training runs it, inside the compiled epoch
+                used = result["epoch"]["used_by_learn_task"]
+                result["training_step_over_torch"] = (
+                    result["epoch"][f"{used}_ms_per_step"] / result["torch_step_ms"])
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
@@ -301,6 +305,9 @@ def print_table(r: dict[str, Any]) -> None:
     if r.get("torch_step_ms"):
         rows.append(("PyTorch CPU step (reference)", f"{r['torch_step_ms']:8.1f} ms"))
         rows.append(("SpaceNet step / PyTorch step", f"{r['spacenet_over_torch']:8.2f}x"))
+        if "training_step_over_torch" in r:
+            rows.append(("  the epoch's step / PyTorch step",
+                         f"{r['training_step_over_torch']:8.2f}x"))
     width = max(len(name) for name, _ in rows)
     print(f"CNN benchmark, {r['backend']} ({r['device']}), jax {r['jax']}, {r['date']}")
     for name, value in rows:

@@ -31,6 +31,31 @@ def test_flops_of_the_cnn_step():
     assert step_flops(SPLIT_CIFAR10) == 2 * 128 * (3 * sum(macs) - macs[0])
 
 
+def test_cnn_table_compares_the_epoch_step_with_pytorch(capsys):
+    """Besides the jitted single step, the table gives the step as training runs it (inside
+    the compiled epoch) against the PyTorch reference."""
+    from benchmarks.cnn import print_table
+
+    result = {  # benchmarks/cnn.py's JSON from a run on 2026-12-06, shortened
+        "date": "2026-12-06", "backend": "cpu", "device": "cpu", "jax": "0.10.2",
+        "step_gflop": 15.70, "forward_gflop": 5.31, "step_at_gemm_rate_ms": 74.1,
+        "gemm_floor": {"n": 2048, "ms": 81.1, "gflops": 211.8},
+        "forward_ms": 40.5, "gradient_ms": 165.9, "spacenet_step_ms": 175.0,
+        "spacenet_step_xla_conv_gradient_ms": 163.9, "spacenet_step_xla_default_flags_ms": 482.0,
+        "epoch": {"steps": 79, "examples": 10000, "stepwise_epoch_s": 13.0,
+                  "stepwise_ms_per_step": 164.6, "scan_epoch_s": 10.66,
+                  "scan_ms_per_step": 134.9, "used_by_learn_task": "scan"},
+        "torch_step_ms": 140.9, "spacenet_over_torch": 175.0 / 140.9,
+        "training_step_over_torch": 134.9 / 140.9,
+    }
+    print_table(result)
+    out = capsys.readouterr().out
+    rows = {line.strip().rsplit(" ", 1)[0].strip(): line.strip().rsplit(" ", 1)[1]
+            for line in out.splitlines()[1:]}
+    assert rows["SpaceNet step / PyTorch step"] == "1.24x"
+    assert rows["the epoch's step / PyTorch step"] == "0.96x"
+
+
 def test_whole_process_reports_wall_cpu_and_memory():
     usage = whole_process(["json.tool", "--help"], dict(os.environ))
     assert usage["wall_s"] > 0 and usage["cpu_s"] > 0 and 5 < usage["peak_mib"] < 2000
