@@ -179,6 +179,9 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
     h.add_argument("--task-scores", choices=list(TASK_SCORES), default=defaults.task_scores,
                    help="with --inference per_task, the scale on which each task's sub-network "
                    "scores its classes: " + "; ".join(f"{k}: {v}" for k, v in TASK_SCORES.items()))
+    h.add_argument("--logit-weight", type=float, default=defaults.logit_weight,
+                   help="with --task-scores other than logits: the raw logit added to each "
+                   "class's score with this weight (0: the rule alone)")
     h.add_argument("--negatives", choices=list(NEGATIVES), default=defaults.negatives,
                    help="what each task's head learns to score below its own images, without "
                    "other tasks' data (beyond the paper; for --inference per_task): "
@@ -410,7 +413,8 @@ def main(
         config = dataclasses.replace(
             (make_config or config_from_args)(args, defaults),
             validation_per_class=args.validation, validation_seed=args.validation_seed,
-            task_scores=args.task_scores, negatives=args.negatives,
+            task_scores=args.task_scores, logit_weight=args.logit_weight,
+            negatives=args.negatives,
             negatives_weight=args.negatives_weight,
         )
     except ConfigError as err:

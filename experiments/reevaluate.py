@@ -68,14 +68,17 @@ def with_task_biases(
 
 
 def reevaluate_seed(
-    folder: Path, inference: str, dataset: ImageDataset, task_scores: str = "logits"
+    folder: Path, inference: str, dataset: ImageDataset, task_scores: str = "logits",
+    logit_weight: float = 0.0,
 ) -> dict[str, Any]:
     """The record of one seed's run had it been evaluated with ``inference`` and
     ``task_scores`` (whose statistics are gathered from each task's own training examples, in
-    the state its checkpoint holds, as the run would have gathered them)."""
+    the state its checkpoint holds, as the run would have gathered them), the raw logit added
+    with ``logit_weight``."""
     meta = read_metadata(folder)
     saved_config = config_from_dict(meta["config"])
-    config = dataclasses.replace(saved_config, inference=inference, task_scores=task_scores)
+    config = dataclasses.replace(saved_config, inference=inference, task_scores=task_scores,
+                                 logit_weight=logit_weight)
     seed, steps = meta["seed"], saved_tasks(folder)
     if steps != list(range(1, steps[-1] + 1)):
         raise CheckpointError(f"{folder} lacks some task checkpoints (it has {steps}); "
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--task-scores", choices=list(TASK_SCORES), default="logits",
                    help="with --inference per_task, the scale of each task's scores: "
                    + "; ".join(f"{k}: {v}" for k, v in TASK_SCORES.items()))
+    p.add_argument("--logit-weight", type=float, default=0.0,
+                   help="with --task-scores other than logits: the raw logit added to each "
+                   "class's score with this weight")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, required=True, help="write OUT/results.json and a PNG")
     p.add_argument("--version", action="version", version=version_line())
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_output_folder(args.out)
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,
                                verbose=False)
-        runs = [reevaluate_seed(f, args.inference, dataset, args.task_scores) for f in folders]
+        runs = [reevaluate_seed(f, args.inference, dataset, args.task_scores, args.logit_weight)
+                for f in folders]
     except (CheckpointError, ConfigError, DatasetError, ResultsFileError) as err:
         refuse(str(err))
     prov = provenance(argv)

@@ -202,6 +202,41 @@ def test_needs_per_task_inference_and_a_known_rule():
     assert statistics_size(MAHALANOBIS_ALL) == 2 * T + C * D_all + T * D_all**2 + 2 * T
 
 
+def test_logit_weight_adds_the_raw_logit_to_a_finished_tasks_score():
+    """``logit_weight`` w: a finished task's scores are the rule's plus w times the logits;
+    an unfinished task's are its raw logits either way; w = 0 is the rule alone."""
+    config = RELATIVE
+    data = data_for(config)
+    state, _, _ = run_keeping_states(config, data)
+    weighted = dataclasses.replace(config, logit_weight=0.25)
+    for t in range(config.num_tasks):
+        features, logits = task_subnetwork_outputs(state, config, data.test_images[:16], t)
+        rule = class_scores(config, state.task_statistics, t, jnp.asarray(True), features,
+                            logits)
+        ours = class_scores(weighted, state.task_statistics, t, jnp.asarray(True), features,
+                            logits)
+        np.testing.assert_allclose(ours, rule + 0.25 * logits, rtol=1e-6, atol=1e-5)
+        assert not np.allclose(ours, rule)
+        unfinished = class_scores(weighted, state.task_statistics, t, jnp.asarray(False),
+                                  features, logits)
+        np.testing.assert_array_equal(unfinished, logits)
+
+
+@pytest.mark.parametrize("weight, message", [
+    (-0.1, "logit_weight must be a finite number >= 0"),
+    (float("nan"), "logit_weight must be a finite number >= 0"),
+])
+def test_logit_weight_must_be_a_finite_non_negative_number(weight, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(RELATIVE, logit_weight=weight)
+
+
+def test_logit_weight_needs_a_rule_other_than_raw_logits():
+    with pytest.raises(ConfigError, match=r"task_scores='logits' is the raw logit already.*"
+                                          r"--task-scores mahalanobis_relative"):
+        dataclasses.replace(PER_TASK, logit_weight=0.1)
+
+
 def test_checkpoints_keep_the_statistics_and_reevaluation_reproduces_the_run(tmp_path):
     from experiments.reevaluate import reevaluate_seed
 

@@ -126,6 +126,11 @@ class SpaceNetConfig:
         which each task's sub-network scores its classes (``spacenet_jax.core.task_scores``), from
         statistics of the task's own training images gathered when it ends. ``"logits"``
         (default) changes nothing.
+      logit_weight: with a ``task_scores`` rule other than ``"logits"``, each class's raw logit
+        added to its score with this weight (>= 0; 0, the default, is the rule alone). The
+        rules put every task's scores on one scale; a little of the raw logit gives back the
+        confidence of the sub-network itself (chosen on validation for split CIFAR-10's
+        ``per_task`` preset).
       negatives: one of ``NEGATIVES``: ``"none"`` (the paper) or ``"rotations"``: every
         step also runs the batch turned by a random quarter turn, and adds ``negatives_weight``
         times the mean squared hinge ``max(0, margin + lse(turned) - lse(upright))^2`` on the
@@ -173,6 +178,7 @@ class SpaceNetConfig:
     output_columns: str = "stored"
     inference: str = "shared"
     task_scores: str = "logits"
+    logit_weight: float = 0.0
     negatives: str = "none"
     negatives_weight: float = 1.0
     learning_rate: float = 0.01
@@ -360,6 +366,7 @@ FLAGS: dict[str, str] = {
     "output_columns": "--output-columns",
     "inference": "--inference",
     "task_scores": "--task-scores",
+    "logit_weight": "--logit-weight",
     "negatives": "--negatives",
     "negatives_weight": "--negatives-weight",
     "validation_per_class": "--validation",
@@ -478,6 +485,14 @@ def validate(config: SpaceNetConfig) -> None:
         _fail(
             f"task_scores={config.task_scores!r} rescales each task's sub-network scores, which "
             f"only per-task inference has: add inference='per_task' (--inference per_task)"
+        )
+    if not (math.isfinite(config.logit_weight) and config.logit_weight >= 0):
+        _fail(f"logit_weight must be a finite number >= 0, got {config.logit_weight}")
+    if config.logit_weight and config.task_scores == "logits":
+        _fail(
+            f"logit_weight={config.logit_weight} adds the raw logit to a task_scores rule's "
+            f"score, and task_scores='logits' is the raw logit already: choose a rule "
+            f"(--task-scores mahalanobis_relative, for instance) or logit_weight=0"
         )
     if config.negatives not in NEGATIVES:
         _fail(f"negatives must be one of {', '.join(NEGATIVES)}, got {config.negatives!r}")

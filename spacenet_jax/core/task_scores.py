@@ -31,6 +31,10 @@ training data gathered when it ends (no other task's data, nothing stored but th
   Ren et al. found it better than the plain distance at telling near-by classes apart, which
   is what deciding between two tasks' heads is.
 
+With ``config.logit_weight`` w > 0 every rule but ``"logits"`` adds ``w * logit`` to each
+class's score: the rules take each task's scale out entirely, and a little of the raw logit,
+how confident the sub-network itself is, helps (w chosen on validation; README).
+
 The statistics live in ``SpaceNetState.task_statistics`` (see :func:`empty_statistics`);
 their memory is counted by :func:`statistics_size`.
 """
@@ -119,7 +123,8 @@ def class_scores(
     features: Array, logits: Array,
 ) -> Array:
     """Scores ``(B, C)`` of task ``task``'s sub-network output (only its classes' columns are
-    used by the caller): raw ``logits`` while the task has not ended (no statistics yet).
+    used by the caller): raw ``logits`` while the task has not ended (no statistics yet), then
+    the rule's score plus ``config.logit_weight`` times the logits.
 
     Args:
       features: ``(B, D)`` the features of :func:`score_features`; logits: ``(B, C)``.
@@ -137,6 +142,8 @@ def class_scores(
         d2 = class_distances(features, class_means, precisions[task], task_gaussian)  # (B, C)
         mean_d2, sd_d2 = distance_norm[task, 0], distance_norm[task, 1]
         scores = scores - (d2 - mean_d2) / jnp.where(ended, sd_d2, 1.0)
+    if config.logit_weight:
+        scores = scores + config.logit_weight * logits
     return jnp.where(ended, scores, logits)
 
 
