@@ -84,15 +84,16 @@ def test_the_per_task_preset_sets_the_inference_rule_and_flags_still_override_it
         )["runs"][0]["config"]
 
     config = run(tmp_path / "preset")
-    assert (config["inference"], config["task_scores"], config["negatives"]) == (
-        "per_task", "mahalanobis_relative", "rotations")
+    assert (config["inference"], config["task_scores"], config["logit_weight"],
+            config["negatives"]) == ("per_task", "mahalanobis_relative", 0.1, "rotations")
     assert config["learning_rate"] == SPLIT_CIFAR10.learning_rate
-    config = run(tmp_path / "override", "--negatives", "none")
-    assert (config["inference"], config["negatives"]) == ("per_task", "none")
+    config = run(tmp_path / "override", "--negatives", "none", "--logit-weight", "0.5")
+    assert (config["inference"], config["negatives"], config["logit_weight"]) == (
+        "per_task", "none", 0.5)
     paper, preset = PRESETS["paper"], PRESETS["per_task"]
     assert {f.name for f in dataclasses.fields(paper)
             if getattr(paper, f.name) != getattr(preset, f.name)} == {
-        "inference", "task_scores", "negatives"}
+        "inference", "task_scores", "logit_weight", "negatives"}
 
 
 def test_a_dataset_that_does_not_fit_the_network_is_refused():
