@@ -119,6 +119,23 @@ def reevaluate_seed(
     return new
 
 
+def seed_folders(checkpoint_dir: Path) -> tuple[list[Path], list[tuple[Path, int, int]]]:
+    """The ``seed_<s>`` folders of ``checkpoint_dir`` with a checkpoint of every task, by seed,
+    and those of unfinished runs as ``(folder, tasks checkpointed, tasks in all)`` (a seed
+    still training beside the others is skipped, not an error; its record could not be
+    summarised with the finished ones)."""
+    finished, unfinished = [], []
+    for folder in sorted((d for d in checkpoint_dir.glob("seed_*") if saved_tasks(d)),
+                         key=lambda d: int(d.name.split("_")[1])):
+        learned = len(saved_tasks(folder))
+        total = config_from_dict(read_metadata(folder)["config"]).num_tasks
+        if learned < total:
+            unfinished.append((folder, learned, total))
+        else:
+            finished.append(folder)
+    return finished, unfinished
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint_dir", type=Path, help="the run's --checkpoint-dir")
@@ -134,10 +151,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, required=True, help="write OUT/results.json and a PNG")
     p.add_argument("--version", action="version", version=version_line())
     args = p.parse_args(argv)
-    folders = sorted((d for d in args.checkpoint_dir.glob("seed_*") if saved_tasks(d)),
-                     key=lambda d: int(d.name.split("_")[1]))
+    try:
+        folders, unfinished = seed_folders(args.checkpoint_dir)
+    except CheckpointError as err:
+        refuse(str(err))
+    for folder, learned, total in unfinished:
+        print(f"{folder.name}: skipped, {learned} of its {total} tasks are checkpointed (a run "
+              f"still in progress? finish it with the training command's --resume)")
     if not folders:
-        refuse(f"no seed_<s> folder with task checkpoints in {args.checkpoint_dir}")
+        refuse(f"no seed_<s> folder in {args.checkpoint_dir} holds the checkpoints of every "
+               f"task" + (" (only unfinished runs, above)" if unfinished else ""))
     try:
         check_output_folder(args.out)
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,

@@ -112,6 +112,37 @@ def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
         restore_task(seed_dir(tmp_path, 0), TINY, 0, benchmark="synthetic")
 
 
+def test_reevaluate_skips_a_seed_still_training_and_refuses_when_none_is_finished(
+        tmp_path, capsys):
+    """A seed whose run is still in progress (fewer task checkpoints than tasks) is skipped with
+    a note, not summarised with the finished ones (which crashed after all the work); with no
+    finished seed the command refuses before loading anything."""
+    import shutil
+
+    from experiments.reevaluate import main as reevaluate_main
+    from experiments.reevaluate import seed_folders
+
+    data = data_for(TINY)
+    for seed in (0, 1):
+        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
+            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
+                              benchmark="synthetic")
+    T = TINY.num_tasks
+    for step in range(2, T + 1):  # seed 1 as if still learning its second task
+        shutil.rmtree(seed_dir(tmp_path / "ckpt", 1) / str(step))
+    finished, unfinished = seed_folders(tmp_path / "ckpt")
+    assert finished == [seed_dir(tmp_path / "ckpt", 0)]
+    assert unfinished == [(seed_dir(tmp_path / "ckpt", 1), 1, T)]
+    shutil.rmtree(seed_dir(tmp_path / "ckpt", 0))
+    with pytest.raises(SystemExit):
+        reevaluate_main([str(tmp_path / "ckpt"), "--inference", "per_task",
+                         "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert f"seed_1: skipped, 1 of its {T} tasks are checkpointed" in captured.out
+    assert "holds the checkpoints of every task (only unfinished runs, above)" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_reevaluating_checkpoints_gives_the_per_task_run(tmp_path):
     """``experiments.reevaluate``: a shared run's task checkpoints, evaluated per task, give the
     record a per-task run writes (training is the same)."""
