@@ -92,3 +92,17 @@ def test_cli_writes_the_validation_summary_and_refuses_too_many(tmp_path):
     assert refused.returncode == 2
     assert "cannot hold out 1000 validation examples per class" in refused.stderr
     assert not (tmp_path / "b" / "results.json").exists()
+
+
+def test_progress_shows_the_validation_split_when_there_is_one(capsys):
+    """Settings are chosen on validation: with a validation split the per-task progress line
+    shows its accuracy, not the test set's (which stays in the record)."""
+    data = synthetic_dataset()
+    _, record = run_task_sequence(VALIDATED, data, seed=1, progress=True)
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if "done in" in line][-1]
+    assert "validation accuracy (%) per task" in last and "test accuracy" not in err
+    mean = np.mean(record["validation"]["acc_matrix"][-1])
+    assert f"| mean {100 * mean:.1f} |" in last
+    run_task_sequence(TINY, data, seed=1, progress=True)
+    assert "test accuracy (%) per task" in capsys.readouterr().err

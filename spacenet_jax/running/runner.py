@@ -415,16 +415,23 @@ def _run_sequence(
                 )
                 log.add_validation(row, task_il_row)
         if progress:
-            rows = [[a for a in log.acc_matrix[-1] if a is not None] for log in logs]
+            # With a validation split, settings are chosen on it: show it, not the test set
+            # (whose figures stay in the records).
+            split = "validation" if validation is not None else "test"
+            matrices = [log.validation if validation is not None else
+                        {"acc_matrix": log.acc_matrix, "task_il_acc_matrix": log.task_il_acc_matrix}
+                        for log in logs]
+            rows = [[a for a in m["acc_matrix"][-1] if a is not None] for m in matrices]
             mean = np.mean([np.mean(r) for r in rows])
             task_il = np.mean([
-                np.mean([a for a in log.task_il_acc_matrix[-1] if a is not None]) for log in logs
+                np.mean([a for a in m["task_il_acc_matrix"][-1] if a is not None])
+                for m in matrices
             ])
             shown = " ".join(metrics.percent(a) for a in np.mean(rows, axis=0))
             over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
             bar.write(
-                f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: test accuracy (%) per "
-                f"task {shown} | mean {metrics.percent(mean)} | task-IL mean "
+                f"[{tag}] {unit} {t + 1}/{stages} done in {seconds:.1f}s: {split} accuracy (%) "
+                f"per task {shown} | mean {metrics.percent(mean)} | task-IL mean "
                 f"{metrics.percent(task_il)}{over}",
                 file=sys.stderr,
             )
