@@ -124,13 +124,13 @@ def seed_folders(checkpoint_dir: Path) -> tuple[list[Path], list[tuple[Path, int
     and those of unfinished runs as ``(folder, tasks checkpointed, tasks in all)`` (a seed
     still training beside the others is skipped, not an error; its record could not be
     summarised with the finished ones)."""
+    learned = {d: len(saved_tasks(d)) for d in checkpoint_dir.glob("seed_*")}
     finished, unfinished = [], []
-    for folder in sorted((d for d in checkpoint_dir.glob("seed_*") if saved_tasks(d)),
+    for folder in sorted((d for d, n in learned.items() if n),
                          key=lambda d: int(d.name.split("_")[1])):
-        learned = len(saved_tasks(folder))
         total = config_from_dict(read_metadata(folder)["config"]).num_tasks
-        if learned < total:
-            unfinished.append((folder, learned, total))
+        if learned[folder] < total:
+            unfinished.append((folder, learned[folder], total))
         else:
             finished.append(folder)
     return finished, unfinished

@@ -3,6 +3,7 @@ against reduce_window, and the XLA flag."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -109,11 +110,9 @@ def test_custom_conv_gradient_equals_jax_grad(padding, shape):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
 
 
-def test_scanned_epoch_has_only_canonical_convolutions():
-    """Inside the epoch's lax.scan XLA:CPU leaves non-canonical convolutions (XLA's own kernel
-    gradient) as naive loop nests, minutes per epoch: every convolution of the compiled epoch
-    must be a canonical NHWC x HWIO one (the custom gradient's). Checked on the paper's CNN
-    (compiled, not run)."""
+@functools.cache
+def _paper_epoch_hlo() -> str:
+    """The compiled epoch of the paper's CNN (64 random images), as HLO text: compiled, not run."""
     from experiments.split_cifar10 import SPLIT_CIFAR10 as config
 
     state, _ = begin_task(init_state(config, 0), config)
@@ -123,6 +122,15 @@ def test_scanned_epoch_has_only_canonical_convolutions():
     task = make_task_data(images, labels, [np.arange(64)], config.batch_size)[0]
     hlo = train_epoch.lower(state, config, task.images, task.labels, task.indices,
                             jnp.asarray(64)).compile().as_text()
+    return hlo
+
+
+def test_scanned_epoch_has_only_canonical_convolutions():
+    """Inside the epoch's lax.scan XLA:CPU leaves non-canonical convolutions (XLA's own kernel
+    gradient) as naive loop nests, minutes per epoch: every convolution of the compiled epoch
+    must be a canonical NHWC x HWIO one (the custom gradient's). Checked on the paper's CNN
+    (compiled, not run)."""
+    hlo = _paper_epoch_hlo()
     labels_used = re.findall(r"convolution\(.*?dim_labels=([^,]+)", hlo)
     assert len(labels_used) == 11  # 4 forward, 4 kernel and 3 input gradients
     if jax.default_backend() == "cpu":
@@ -134,17 +142,9 @@ def test_scanned_epoch_transposes_conv_inputs_apart_from_their_relu():
     layer's kernel gradient reads, and the fused loop is about four times slower than the
     transpose of a buffer. ``unfused_transpose`` keeps them apart: no fused computation of the
     compiled epoch may hold both a ``(B, H, W, C) -> (C, H, W, B)`` transpose and a maximum."""
-    from experiments.split_cifar10 import SPLIT_CIFAR10 as config
-
     if jax.default_backend() != "cpu":
         pytest.skip("the custom convolution gradient is the CPU's")
-    state, _ = begin_task(init_state(config, 0), config)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (64, 32 * 32 * 3), dtype=np.uint8)
-    labels = rng.integers(0, 2, 64).astype(np.int32)
-    task = make_task_data(images, labels, [np.arange(64)], config.batch_size)[0]
-    hlo = train_epoch.lower(state, config, task.images, task.labels, task.indices,
-                            jnp.asarray(64)).compile().as_text()
+    hlo = _paper_epoch_hlo()
     computations = re.split(r"\n(?=%\S+ \()", hlo)
     transposing = [c for c in computations
                    if re.search(r"transpose\(.*dimensions=\{3,1,2,0\}", c)]

@@ -418,15 +418,12 @@ def _run_sequence(
             # With a validation split, settings are chosen on it: show it, not the test set
             # (whose figures stay in the records).
             split = "validation" if validation is not None else "test"
-            matrices = [log.validation if validation is not None else
-                        {"acc_matrix": log.acc_matrix, "task_il_acc_matrix": log.task_il_acc_matrix}
-                        for log in logs]
-            rows = [[a for a in m["acc_matrix"][-1] if a is not None] for m in matrices]
+            last = [(log.validation["acc_matrix"][-1], log.validation["task_il_acc_matrix"][-1])
+                    if validation is not None else (log.acc_matrix[-1], log.task_il_acc_matrix[-1])
+                    for log in logs]
+            rows = [[a for a in row if a is not None] for row, _ in last]
             mean = np.mean([np.mean(r) for r in rows])
-            task_il = np.mean([
-                np.mean([a for a in m["task_il_acc_matrix"][-1] if a is not None])
-                for m in matrices
-            ])
+            task_il = np.mean([np.mean([a for a in row if a is not None]) for _, row in last])
             shown = " ".join(metrics.percent(a) for a in np.mean(rows, axis=0))
             over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
             bar.write(
