@@ -92,3 +92,54 @@ def test_different_task_counts_message_names_the_seeds(tmp_path):
 def test_a_single_run_record_instead_of_a_list(tmp_path):
     with pytest.raises(ValueError, match="list of run records"):
         plot_final_task_accuracy(_run(0, [0.9]), tmp_path / "fig.png")
+
+
+# ---- Figure 3 across methods ---------------------------------------------------------------
+
+
+def _methods_data(path) -> dict:
+    import json
+
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def test_methods_side_by_side_means_sds_and_averages(tmp_path):
+    from spacenet_jax.analysis.plots import plot_methods_final_task_accuracy
+
+    methods = {
+        "SpaceNet": [_run(0, [0.9, 0.5, 0.7]), _run(1, [0.7, 0.3, 0.5])],
+        "fine-tuning": [_run(0, [0.0, 0.0, 1.0], method="finetune")],
+    }
+    path = plot_methods_final_task_accuracy(methods, tmp_path / "fig3.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    data = _methods_data(path)
+    assert data["groups"] == ["Task 1", "Task 2", "Task 3", "Average"]
+    assert data["methods"] == ["SpaceNet", "fine-tuning"]
+    assert data["seeds"] == {"SpaceNet": [0, 1], "fine-tuning": [0]}
+    # means over seeds per task, then the mean of each seed's own average
+    assert data["mean"][0] == pytest.approx([0.8, 0.4, 0.6, 0.6])
+    assert data["mean"][1] == pytest.approx([0.0, 0.0, 1.0, 1 / 3])
+    assert data["std"][0] == pytest.approx([2 ** 0.5 / 10] * 4)  # sd of (0.9, 0.7) etc.
+    assert data["std"][1] == pytest.approx([0.0] * 4)  # one seed: no spread
+    assert data["per_seed"]["SpaceNet"][1] == pytest.approx([0.7, 0.3, 0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    "methods, match",
+    [
+        ({}, "at least one label"),
+        ({"a": [_run(0, [0.9, 0.8])], "b": [_run(0, [0.9, 0.8, 0.7])]},
+         "different numbers of tasks.*a: 2, b: 3"),
+        ({"a": [_run(0, [0.9]), _run(1, [0.8], method="static")]}, "a: runs mix methods"),
+        ({"a": [_run(0, [90.0])]}, r"a: .*fractions in \[0, 1\]"),
+        ({"a": [_run(0, [0.9])], "b": [{**_run(0, [0.9]), "benchmark": "split_cifar10"}]},
+         "different benchmarks"),
+    ],
+)
+def test_methods_bad_input(tmp_path, methods, match):
+    from spacenet_jax.analysis.plots import plot_methods_final_task_accuracy
+
+    path = tmp_path / "fig.png"
+    with pytest.raises(ValueError, match=match):
+        plot_methods_final_task_accuracy(methods, path)
+    assert not path.exists()

@@ -1,7 +1,8 @@
 """Figures of the paper and of a run report, drawn from run records and analysis data.
 
 * Figure 3 -- ``plot_final_task_accuracy``: accuracy on each task after the last task (bars, mean
-  and spread over seeds);
+  and spread over seeds); ``plot_methods_final_task_accuracy``: the same for several methods side
+  by side, with their averages, as the paper draws it;
 * ``plot_accuracy_matrix``: the accuracy matrix (after training task i, on task j) as a heatmap;
 * Figure 4 -- ``plot_activations``: hidden-layer activations of test images;
 * Figure 5 -- ``plot_connections``: a task's connections between two layers, before and after
@@ -41,6 +42,7 @@ __all__ = [
     "plot_connections",
     "plot_final_task_accuracy",
     "plot_input_connections",
+    "plot_methods_final_task_accuracy",
 ]
 
 #: File formats the drawing functions write.
@@ -236,6 +238,115 @@ def plot_final_task_accuracy(
             "final_avg_acc_mean": float(acc.mean(axis=1).mean() / 100.0),
         })
     return path
+
+
+def plot_methods_final_task_accuracy(
+    methods: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    format: str | None = None,
+    dpi: int = 100,
+) -> pathlib.Path:
+    """The paper's Figure 3 across methods: each task's accuracy after the last task, and the
+    average, one bar per method in each group.
+
+    Each bar is the mean over a method's runs (seeds), its error bar the sample standard
+    deviation (ddof=1), its runs drawn as dots; the last group, "Average", is each method's
+    final average accuracy (the mean over tasks, then over seeds). The data go to
+    ``path.with_suffix('.json')``.
+
+    Args:
+      methods: label -> run records (``final_task_acc`` fractions, one per task), in the order
+        the bars are drawn. A label may name any run folder (a method, or one method under
+        different options); each label's runs must be of one method and benchmark.
+      path: the figure file (missing parent folders are created).
+      title, caption: defaults name the benchmark and the seeds.
+      format: ``"png"`` or ``"pdf"`` (default: from the suffix, else PNG).
+      dpi: resolution; the figure grows with the number of tasks and methods.
+
+    Returns:
+      ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+      ValueError: no methods, a label whose runs cannot be drawn together (see
+        :func:`plot_final_task_accuracy`), or labels of different benchmarks or task counts.
+    """
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("methods must map at least one label to its run records")
+    acc: dict[str, np.ndarray] = {}
+    for label, runs in methods.items():
+        try:
+            acc[label] = _final_task_matrix(runs) * 100.0  # (runs, tasks), percent
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
+    counts = {label: a.shape[1] for label, a in acc.items()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{label}: {n}" for label, n in counts.items())
+        raise ValueError(f"the methods have different numbers of tasks ({detail}); compare runs "
+                         f"of one benchmark")
+    benchmarks = {str(run["benchmark"]) for runs in methods.values() for run in runs
+                  if "benchmark" in run}
+    if len(benchmarks) > 1:
+        raise ValueError(f"the runs are of different benchmarks ({', '.join(sorted(benchmarks))});"
+                         f" compare runs of one benchmark")
+    labels = list(acc)
+    n_tasks = next(iter(counts.values()))
+    n_methods = len(labels)
+    groups = [f"Task {t + 1}" for t in range(n_tasks)] + ["Average"]
+    # (methods, runs, groups): each run's per-task accuracies and its own average.
+    per_run = {label: np.concatenate([a, a.mean(axis=1, keepdims=True)], axis=1)
+               for label, a in acc.items()}
+    mean = np.stack([per_run[label].mean(axis=0) for label in labels])
+    std = np.stack([per_run[label].std(axis=0, ddof=1) if len(per_run[label]) > 1
+                    else np.zeros(n_tasks + 1) for label in labels])
+
+    fig = _new_figure((max(6.0, (n_tasks + 1) * (0.35 * n_methods + 0.5) + 1.5), 4.6), dpi)
+    ax = fig.add_subplot()
+    width = 0.8 / n_methods
+    x = np.arange(n_tasks + 1)
+    colors = [f"C{i % 10}" for i in range(n_methods)]
+    for i, label in enumerate(labels):
+        pos = x - 0.4 + width * (i + 0.5)
+        runs = per_run[label]
+        seeds = len(runs)
+        ax.bar(pos, mean[i], width=width * 0.92, color=colors[i], alpha=0.85, zorder=2,
+               yerr=std[i] if seeds > 1 else None, capsize=2,
+               error_kw={"elinewidth": 0.9, "ecolor": "#222222"},
+               label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+        if seeds > 1:
+            ax.scatter(np.broadcast_to(pos, runs.shape).ravel(), runs.ravel(), s=7,
+                       color="white", edgecolor="black", linewidth=0.4, zorder=4)
+        ax.text(pos[-1], min(mean[i, -1] + std[i, -1], 100.0) + 1.0, f"{mean[i, -1]:.1f}",
+                ha="center", va="bottom", fontsize=7, zorder=5)
+    ax.axvline(n_tasks - 0.5, color="#888888", linewidth=0.8, linestyle=":")
+    ax.set_xticks(x, groups)
+    ax.set_xlim(-0.6, n_tasks + 0.6)
+    ax.set_ylim(0, 100 + 6 * math.ceil(n_methods / 3) + 4)  # the legend sits above 100
+    ax.set_yticks(np.arange(0, 101, 20))
+    ax.set_ylabel("Accuracy after the last task (%)")
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper center", fontsize=7, frameon=False, ncol=min(n_methods, 3))
+    benchmark = next(iter(benchmarks), "")
+    ax.set_title(title or f"{benchmark}: accuracy on each task after the last task", fontsize=10)
+    caption = caption or (
+        "Bars: mean over seeds, error bars: sample sd, dots: seeds; 'Average' is the final "
+        "average accuracy (the paper's metric), its mean printed above the bar."
+    )
+    data = {
+        "figure": "methods_final_task_accuracy (paper Figure 3)",
+        "unit": "fraction",
+        "benchmark": benchmark or None,
+        "groups": groups,
+        "methods": labels,
+        "seeds": {label: [run.get("seed") for run in methods[label]] for label in labels},
+        "mean": mean / 100.0,
+        "std": std / 100.0,
+        "per_seed": {label: per_run[label] / 100.0 for label in labels},
+    }
+    return _save(fig, path, format, caption, data)
 
 
 # ---- shared helpers of the figures below ---------------------------------------------------
