@@ -41,6 +41,8 @@ pass). On the conv layers the same split does not pay: the paper's CNN selects e
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -74,15 +76,44 @@ def unfused_transpose(x: Array, permutation: tuple[int, ...]) -> Array:
     fusion boundary that XLA:CPU keeps (an optimization barrier is not: the CPU pipeline
     removes it before fusion), so the transpose runs in a ``lax.cond`` whose two branches are
     the same transpose: the value is the transpose whatever the predicate, which XLA cannot
-    fold. (Under ``jax.vmap`` the predicate is batched and the cond becomes a select of both
-    branches: still exact, one transpose more.)
+    fold. Under ``jax.vmap`` it stays one conditional over the batched array (a custom
+    batching rule; vmap's own rule would make the batched predicate a select of both
+    branches, one transpose more). Differentiable like a transpose (forward and reverse mode).
     """
+    return _unfused_transpose(tuple(permutation))(x)
+
+
+@functools.cache
+def _unfused_transpose(permutation: tuple[int, ...]) -> Callable[[Array], Array]:
+    """``unfused_transpose`` for one permutation, with its batching rule."""
 
     def transpose(a: Array) -> Array:
         return jnp.transpose(a, permutation)
 
-    first = x.reshape(-1)[0]
-    return jax.lax.cond(first == first, transpose, transpose, x)
+    @jax.custom_batching.custom_vmap
+    def apart(a: Array) -> Array:
+        first = a.reshape(-1)[0]
+        return jax.lax.cond(first == first, transpose, transpose, a)
+
+    @apart.def_vmap
+    def _batched(axis_size: int, in_batched: list[bool], a: Array) -> tuple[Array, bool]:
+        del axis_size
+        if not in_batched[0]:
+            return apart(a), False
+        # The batch axis comes first here: keep it first, move the others as asked.
+        return unfused_transpose(a, (0, *(p + 1 for p in permutation))), True
+
+    # A custom_vmap function has no derivative of its own; a transpose's is the transpose of
+    # the tangent (plain: fusion does not matter there), so that it stays differentiable.
+    @jax.custom_jvp
+    def differentiable(a: Array) -> Array:
+        return apart(a)
+
+    @differentiable.defjvp
+    def _jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+        return differentiable(primals[0]), transpose(tangents[0])
+
+    return differentiable
 
 
 def conv_kernel_gradient(x: Array, g: Array, kernel_size: int, padding: str) -> Array:
