@@ -26,3 +26,15 @@ def test_readme_starts_with_a_quick_start_of_real_commands():
     for module in re.findall(r"python -m ([\w.]+)", quick):
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
     assert "results.json" in quick and "--out" in quick
+
+
+def test_every_module_the_readme_runs_exists():
+    """Every ``python -m X`` in the README names a module of this repository (a renamed or
+    removed experiment must take its README commands with it)."""
+    readme = (ROOT / "README.md").read_text()
+    modules = {m.rstrip(".") for m in re.findall(r"python -m ([\w.]+)", readme)}
+    assert "experiments.split_cifar10" in modules
+    missing = [m for m in sorted(modules)
+               if not (ROOT / (m.replace(".", "/") + ".py")).exists()
+               and not (ROOT / m.replace(".", "/") / "__init__.py").exists()]
+    assert missing == []
