@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from spacenet_jax.core.config import INFERENCE, TASK_SCORES, ConfigError, SpaceN
 from spacenet_jax.core.state import SpaceNetState, free_neuron_counts
 from spacenet_jax.core.task_scores import empty_statistics, fit_task_statistics
 from spacenet_jax.running.evaluation import class_and_task_il_accuracies, predict_in_chunks
+from spacenet_jax.running.metrics import percent
 from spacenet_jax.running.runner import make_record, validation_summary
 from spacenet_jax.running.study import results_file
 from spacenet_jax.storage.checkpoint import (
@@ -69,12 +72,14 @@ def with_task_biases(
 
 def reevaluate_seed(
     folder: Path, inference: str, dataset: ImageDataset, task_scores: str = "logits",
-    logit_weight: float = 0.0,
+    logit_weight: float = 0.0, progress: bool = False,
 ) -> dict[str, Any]:
     """The record of one seed's run had it been evaluated with ``inference`` and
     ``task_scores`` (whose statistics are gathered from each task's own training examples, in
     the state its checkpoint holds, as the run would have gathered them), the raw logit added
-    with ``logit_weight``."""
+    with ``logit_weight``. With ``progress``, a line on stderr after each task: its accuracy
+    per task learned, on the validation split if the run held one out (settings are chosen
+    on it), else on the test set."""
     meta = read_metadata(folder)
     saved_config = config_from_dict(meta["config"])
     config = dataclasses.replace(saved_config, inference=inference, task_scores=task_scores,
@@ -94,6 +99,7 @@ def reevaluate_seed(
     task_il_rows: list[list[list]] = [[] for _ in splits]
     pooled, free = [], []
     for step in steps:
+        started = time.perf_counter()
         state, record = restore_task(folder, saved_config, seed, step)
         ended.append(state)
         state = with_task_biases(state, config, ended).replace(task_statistics=statistics)
@@ -110,6 +116,12 @@ def reevaluate_seed(
             if i == 0:
                 pooled.append(overall)
         free.append(free_neuron_counts(state))
+        if progress:
+            shown = " ".join(percent(a) for a in rows[-1][-1] if a is not None)
+            print(f"[reevaluate {meta['benchmark']} seed {seed}] task {step}/{steps[-1]} in "
+                  f"{time.perf_counter() - started:.1f}s: "
+                  f"{'validation' if len(splits) > 1 else 'test'} accuracy (%) per task {shown}",
+                  file=sys.stderr, flush=True)
     seconds = record["seconds"]
     new = make_record(meta["benchmark"], seed, config, rows[0], pooled, state, free,
                       seconds["per_task"], seconds["total"], task_il_rows[0])
@@ -148,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="with --task-scores other than logits: the raw logit added to each "
                    "class's score with this weight")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, required=True, help="write OUT/results.json and a PNG")
+    p.add_argument("--out", type=Path, required=True,
+                   help="write OUT/results.json (after each seed) and a PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress line per task")
     p.add_argument("--version", action="version", version=version_line())
     args = p.parse_args(argv)
     try:
@@ -165,15 +179,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_output_folder(args.out)
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,
                                verbose=False)
-        runs = [reevaluate_seed(f, args.inference, dataset, args.task_scores, args.logit_weight)
-                for f in folders]
+        prov = provenance(argv)
+        runs: list[dict[str, Any]] = []
+        for folder in folders:
+            run = reevaluate_seed(folder, args.inference, dataset, args.task_scores,
+                                  args.logit_weight, progress=not args.quiet)
+            run["provenance"] = prov
+            runs.append(run)
+            # After each seed, so that a crash keeps the seeds already evaluated.
+            payload = results_file(runs, runs[0]["benchmark"], runs[0]["method"])
+            write_json_atomic(args.out / "results.json", payload)
     except (CheckpointError, ConfigError, DatasetError, ResultsFileError) as err:
         refuse(str(err))
-    prov = provenance(argv)
-    for run in runs:
-        run["provenance"] = prov
-    payload = results_file(runs, runs[0]["benchmark"], runs[0]["method"])
-    write_json_atomic(args.out / "results.json", payload)
     print_table(runs, payload["summary"])
     from spacenet_jax.analysis.plots import plot_final_task_accuracy
 

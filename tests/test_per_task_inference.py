@@ -158,3 +158,45 @@ def test_reevaluating_checkpoints_gives_the_per_task_run(tmp_path):
         k: v for k, v in direct.items() if k not in drop}
     back = reevaluate_seed(seed_dir(tmp_path, 0), "shared", data)
     assert back["acc_matrix"] == run_task_sequence(TINY, data, 0, progress=False)[1]["acc_matrix"]
+
+
+def test_reevaluate_shows_progress_and_keeps_each_seed_as_it_finishes(tmp_path, capsys,
+                                                                       monkeypatch):
+    """A line per seed and task on stderr; results.json is written after each seed, so a
+    failure in a later seed keeps the seeds already evaluated (and --quiet is quiet)."""
+    import experiments.reevaluate as reevaluate
+    from spacenet_jax.storage.checkpoint import CheckpointError
+    from spacenet_jax.storage.results_schema import load_results
+
+    data = data_for(TINY)
+    for seed in (0, 1):
+        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
+            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
+                              benchmark="synthetic")
+    monkeypatch.setattr(reevaluate, "load_dataset", lambda *args, **kwargs: data)
+    args = [str(tmp_path / "ckpt"), "--inference", "per_task"]
+    payload = reevaluate.main([*args, "--out", str(tmp_path / "all")])
+    err = capsys.readouterr().err
+    T = TINY.num_tasks
+    for seed in (0, 1):
+        for task in range(1, T + 1):
+            assert f"[reevaluate synthetic seed {seed}] task {task}/{T} in " in err
+    last = payload["runs"][1]["acc_matrix"][-1]
+    assert err.rstrip().endswith(
+        "test accuracy (%) per task " + " ".join(f"{100 * a:.1f}" for a in last))
+
+    real = reevaluate.reevaluate_seed
+
+    def fails_on_seed_1(folder, *rest, **kwargs):
+        if folder.name == "seed_1":
+            raise CheckpointError(f"{folder} is corrupt")
+        return real(folder, *rest, **kwargs)
+
+    monkeypatch.setattr(reevaluate, "reevaluate_seed", fails_on_seed_1)
+    with pytest.raises(SystemExit):
+        reevaluate.main([*args, "--quiet", "--out", str(tmp_path / "part")])
+    captured = capsys.readouterr()
+    assert "seed_1 is corrupt" in captured.err and "[reevaluate" not in captured.err
+    kept = load_results(tmp_path / "part" / "results.json")["runs"]
+    assert [r["seed"] for r in kept] == [0]
+    assert kept[0]["acc_matrix"] == payload["runs"][0]["acc_matrix"]
