@@ -43,10 +43,6 @@ def parse_source(text: str) -> tuple[str | None, Path]:
     return None, Path(text)
 
 
-def _pct(values: Any) -> list[float]:
-    return [round(100.0 * float(v), 1) for v in values]
-
-
 def _diagonal(run: dict[str, Any]) -> list[float]:
     """Each task's accuracy just after it was learned (NaN for ``joint``'s single stage)."""
     matrix = run.get("acc_matrix") or []

@@ -41,9 +41,8 @@ pass). On the conv layers the same split does not pay: the paper's CNN selects e
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +82,7 @@ def unfused_transpose(x: Array, permutation: tuple[int, ...]) -> Array:
     return _unfused_transpose(tuple(permutation))(x)
 
 
-@functools.cache
+@cache
 def _unfused_transpose(permutation: tuple[int, ...]) -> Callable[[Array], Array]:
     """``unfused_transpose`` for one permutation, with its batching rule."""
 
