@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from spacenet_jax.core.config import (
     INFERENCE,
+    INPUT_NORMALISATIONS,
     METHODS,
     NEGATIVES,
     OUTPUT_COLUMNS,
@@ -194,6 +195,10 @@ def build_parser(description: str, defaults: SpaceNetConfig) -> argparse.Argumen
                    "not on the test set); 0: none")
     h.add_argument("--validation-seed", type=int, default=defaults.validation_seed,
                    help="seed of the validation draw (independent of --seed)")
+    h.add_argument("--input-normalisation", choices=list(INPUT_NORMALISATIONS),
+                   default=defaults.input_normalisation,
+                   help="how pixels become the network's inputs: "
+                   + "; ".join(f"{k}: {v}" for k, v in INPUT_NORMALISATIONS.items()))
     h.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
     h.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     h.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -416,6 +421,7 @@ def main(
             task_scores=args.task_scores, logit_weight=args.logit_weight,
             negatives=args.negatives,
             negatives_weight=args.negatives_weight,
+            input_normalisation=args.input_normalisation,
         )
     except ConfigError as err:
         parser.error(f"impossible configuration: {err}")

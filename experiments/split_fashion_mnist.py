@@ -7,6 +7,7 @@ Fashion-MNIST's own training-set mean and standard deviation.
     python -m experiments.split_fashion_mnist --seeds 0-9 --data-dir ../shared/datasets \
         --out runs/fmnist
     python -m experiments.split_fashion_mnist --preset tuned --seeds 0-9
+    python -m experiments.split_fashion_mnist --preset tuned_dataset_normalisation --seeds 0-9
     python -m experiments.split_fashion_mnist --preset tuned_rehearsal --seeds 0-9
 """
 
@@ -22,11 +23,20 @@ SPLIT_FASHION_MNIST = dataclasses.replace(SPLIT_MNIST, input_mean=0.2860, input_
 
 #: Settings chosen on Fashion-MNIST's own validation split (500 images per class held out,
 #: ``python -m experiments.sweep``; README, "Hyper-parameter sweeps"): the paper's network and
-#: budget with 3 epochs per task instead of 4 and learning rate 0.0228 instead of 0.01, from a
-#: random search (seeds 0-4) checked on seeds 0-9: 64.53 +- 3.42 % against 60.78 +- 4.45 for
-#: the paper's settings and 63.63 +- 2.84 for split MNIST's earlier preset.
+#: budget with every input value standardised by its own mean and sd over the training images
+#: (``input_normalisation="per_pixel"``) instead of one mean and sd, 3 epochs per task instead
+#: of 4, and learning rate 0.04 instead of 0.01: 71.41 +- 1.26 % over seeds 0-9, against
+#: 64.53 +- 3.42 for the same schedule at learning rate 0.0228 with the dataset's one mean and
+#: sd (the earlier preset, ``SPLIT_FASHION_MNIST_TUNED_DATASET_NORMALISATION``) and
+#: 60.78 +- 4.45 for the paper's settings.
 SPLIT_FASHION_MNIST_TUNED = dataclasses.replace(SPLIT_FASHION_MNIST, epochs=3,
-                                                learning_rate=0.0228)
+                                                learning_rate=0.04,
+                                                input_normalisation="per_pixel")
+
+#: The earlier preset (2026-12-06): 3 epochs, learning rate 0.0228, the dataset's mean and sd.
+SPLIT_FASHION_MNIST_TUNED_DATASET_NORMALISATION = dataclasses.replace(
+    SPLIT_FASHION_MNIST, epochs=3, learning_rate=0.0228,
+)
 
 #: SpaceNet-Rehearsal with the learning rate chosen on the validation split (seeds 0-9; README,
 #: "Where the figures differ from the paper"): 0.1 instead of 0.01, the paper's settings
@@ -37,6 +47,7 @@ SPLIT_FASHION_MNIST_TUNED_REHEARSAL = dataclasses.replace(
 )
 
 PRESETS = {"paper": SPLIT_FASHION_MNIST, "tuned": SPLIT_FASHION_MNIST_TUNED,
+           "tuned_dataset_normalisation": SPLIT_FASHION_MNIST_TUNED_DATASET_NORMALISATION,
            "tuned_rehearsal": SPLIT_FASHION_MNIST_TUNED_REHEARSAL}
 
 if __name__ == "__main__":

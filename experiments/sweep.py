@@ -11,8 +11,10 @@ The learning rate and the momentum are traced values of the state
 (``core.state.TRACED_HYPERPARAMETERS``): every setting that differs only in them runs in the
 same compiled program, vmapped over settings x seeds. Parameters that change a shape or the
 schedule (``specific_neurons``, ``selected_neurons``, ``connections_per_task``,
-``rewire_ratio``, ``epochs``, ``batch_size``) split the sweep into groups, one program each.
-A tuple value is written with ``/`` between its numbers (``specific_neurons=20/20``).
+``rewire_ratio``, ``epochs``, ``batch_size``), and the input normalisation
+(``input_normalisation``, ``input_mean``, ``input_std``), split the sweep into groups, one
+program each. A tuple value is written with ``/`` between its numbers
+(``specific_neurons=20/20``).
 
 Training examples are held out (``--validation`` per class, 500 by default, fixed by
 ``--validation-seed``) and the settings are ranked by the final average accuracy on them;
@@ -62,7 +64,8 @@ BENCHMARKS: dict[str, tuple[str, SpaceNetConfig]] = {
 
 #: What a sweep may vary: the traced hyper-parameters, and those that need a program each.
 SHAPE_PARAMETERS = ("epochs", "batch_size", "rewire_ratio", "specific_neurons",
-                    "selected_neurons", "connections_per_task")
+                    "selected_neurons", "connections_per_task", "input_mean", "input_std",
+                    "input_normalisation")
 SWEEPABLE = (*TRACED_HYPERPARAMETERS, *SHAPE_PARAMETERS)
 
 Setting = dict[str, Any]
@@ -73,12 +76,14 @@ class SweepError(ValueError):
 
 
 def parse_value(name: str, text: str, base: SpaceNetConfig) -> Any:
-    """One value of ``name`` as ``base`` holds it: a float, an int, or a tuple of ints
-    written ``20/20``."""
+    """One value of ``name`` as ``base`` holds it: a float, an int, a name (e.g.
+    ``input_normalisation=per_pixel``), or a tuple of ints written ``20/20``."""
     if name not in SWEEPABLE:
         raise SweepError(f"cannot sweep {name!r}; choose among {', '.join(SWEEPABLE)}")
     default = getattr(base, name)
     try:
+        if isinstance(default, str):
+            return text
         if isinstance(default, tuple):
             return parse_int_list(text.replace("/", ","))
         if isinstance(default, int):
@@ -123,9 +128,9 @@ def draw_random(entries: Sequence[str], count: int, base: SpaceNetConfig,
             lo, hi = (float(v) for v in rest.split(":"))
             if not lo < hi or (kind == "log" and lo <= 0):
                 raise SweepError(f"--space {entry!r}: need LO < HI (and LO > 0 for log)")
-            if name not in SWEEPABLE or isinstance(getattr(base, name), tuple):
+            if name not in SWEEPABLE or isinstance(getattr(base, name), (tuple, str)):
                 raise SweepError(f"--space {entry!r}: log and uniform draw numbers; "
-                                 f"NAME among {', '.join(SWEEPABLE)} (tuples: choice)")
+                                 f"NAME among {', '.join(SWEEPABLE)} (tuples, names: choice)")
             spaces.append((name, kind, (lo, hi)))
         else:
             raise SweepError(f"--space {entry!r}: write NAME=log:LO:HI, NAME=uniform:LO:HI or "
@@ -250,8 +255,9 @@ def run_sweep(
         runs[name] = finished
         shape, _ = split_setting(setting)
         done = {r["seed"] for r in finished}
-        key = tuple(sorted(shape.items()))
-        todo.setdefault(key, []).extend((setting, s) for s in seeds if s not in done)
+        missing = [(setting, s) for s in seeds if s not in done]
+        if missing:  # with --resume, a setting may be done already (its group may be empty)
+            todo.setdefault(tuple(sorted(shape.items())), []).extend(missing)
     prov = provenance(argv)
     start = time.perf_counter()
 

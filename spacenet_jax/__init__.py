@@ -40,6 +40,7 @@ from spacenet_jax.core.network import (
     task_subnetwork_logits,
     task_subnetwork_weights,
 )
+from spacenet_jax.core.normalisation import fit_input_statistics, pixel_statistics, preprocess
 from spacenet_jax.core.output_layer import inference_weights, store_output_weights
 from spacenet_jax.core.reservation import reserve_neurons
 from spacenet_jax.core.rewiring import drop_connections, grow_connections, rewire
@@ -98,6 +99,7 @@ __all__ = [
     "claim_all_connections",
     "drop_connections",
     "end_task",
+    "fit_input_statistics",
     "forward",
     "grow_connections",
     "inference_weights",
@@ -105,8 +107,10 @@ __all__ = [
     "learn_task",
     "make_task_data",
     "neuron_importance",
+    "pixel_statistics",
     "predict",
     "predict_with_tasks",
+    "preprocess",
     "reserve_neurons",
     "rewire",
     "select_neurons",

@@ -103,6 +103,14 @@ def test_cli_grid_writes_each_setting_ranks_on_validation_and_resumes(tmp_path, 
         assert all(r["seeds"] == [0, 1, 2] for r in more["settings"])
         again = json.loads((out / row["results"]).read_text())["runs"]
         assert again[:2] == saved
+        # a wider grid: the shape group whose settings are all done runs nothing (it once
+        # crashed), the new group runs, and sweep.json ranks all of them
+        wider = sweep.main(["--benchmark", "synthetic", *argv[:2], "--grid",
+                            "specific_neurons=2/2,3/3,4/4", "--seeds", "0-2", *argv[6:],
+                            "--resume"], dataset=data)
+        assert len(wider["settings"]) == 6 and all(r["seeds"] == [0, 1, 2]
+                                                   for r in wider["settings"])
+        assert json.loads((out / row["results"]).read_text())["runs"] == again
     finally:
         del sweep.BENCHMARKS["synthetic"]
 
@@ -187,11 +195,15 @@ def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(modul
     presets, paper, tuned, changed = _preset(module, "tuned")
     assert changed == {
         "split_mnist": {"selected_neurons", "connections_per_task", "rewire_ratio", "epochs"},
-        "split_fashion_mnist": {"epochs", "learning_rate"},
+        "split_fashion_mnist": {"epochs", "learning_rate", "input_normalisation"},
     }[module]
     plan = main(module, "unused", "d", paper, ["--preset", "tuned", "--dry-run"],
                 presets=presets)["plan"]
     assert plan  # the whole sequence fits the network
+    if module == "split_fashion_mnist":  # the earlier preset, the dataset's mean and sd
+        _, _, earlier, earlier_changed = _preset(module, "tuned_dataset_normalisation")
+        assert earlier_changed == {"epochs", "learning_rate"}
+        assert tuned.input_normalisation == "per_pixel" and earlier.epochs == tuned.epochs
     assert str(tuned.selected_neurons[0]) in capsys.readouterr().out
 
 

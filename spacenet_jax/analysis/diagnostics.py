@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spacenet_jax.core.config import SpaceNetConfig
-from spacenet_jax.core.network import layer_outputs, preprocess
+from spacenet_jax.core.network import layer_outputs
+from spacenet_jax.core.normalisation import preprocess
 from spacenet_jax.core.output_layer import inference_weights
 from spacenet_jax.core.state import FREE, SpaceNetState
 
@@ -37,7 +38,8 @@ def _unit_activations_batch(
     state: SpaceNetState, config: SpaceNetConfig, images: jax.Array
 ) -> tuple[list[jax.Array], jax.Array]:
     hidden, _, logits = layer_outputs(
-        inference_weights(state), state.biases, preprocess(images, config), config
+        inference_weights(state), state.biases,
+        preprocess(images, config, state.input_statistics), config,
     )
     return [jnp.mean(h, axis=(1, 2)) if h.ndim == 4 else h for h in hidden], logits
 

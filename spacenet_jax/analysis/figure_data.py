@@ -30,7 +30,8 @@ import numpy as np
 
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 from spacenet_jax.core.continual import begin_task
-from spacenet_jax.core.network import layer_outputs, preprocess
+from spacenet_jax.core.network import layer_outputs
+from spacenet_jax.core.normalisation import preprocess
 from spacenet_jax.core.output_layer import inference_weights
 from spacenet_jax.core.state import FREE, SpaceNetState, connections_used
 
@@ -81,7 +82,7 @@ def hidden_activations(
 ) -> list[np.ndarray]:
     """ReLU activations of every hidden layer for uint8 images ``(N, D)``.
 
-    The images are normalised as in training (``network.preprocess``) and go through the
+    The images are normalised as in training (``normalisation.preprocess``) and go through the
     deployed network (every stored output column restored; it does not change hidden units).
 
     Returns:
@@ -97,7 +98,8 @@ def hidden_activations(
             f"{config.layer_sizes[0]} inputs; pass flat uint8 images (N, {config.layer_sizes[0]})"
         )
     hidden, _, _ = layer_outputs(
-        inference_weights(state), state.biases, preprocess(jnp.asarray(images), config), config
+        inference_weights(state), state.biases,
+        preprocess(jnp.asarray(images), config, state.input_statistics), config
     )
     return [np.asarray(h, np.float32) for h in hidden]
 

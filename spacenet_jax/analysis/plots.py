@@ -881,7 +881,8 @@ def plot_sweep(
 
     One panel per parameter: each setting is a dot at its value with its sd over seeds as an
     error bar (in %); the best setting is drawn in red. A log axis for the learning rate and for
-    a parameter whose values span more than a factor of 100; tuple values are text categories.
+    a parameter whose values span more than a factor of 100; tuple and name values are text
+    categories.
     """
     rows = [r for r in sweep["settings"] if r.get("validation_final_avg_acc")]
     names = list(sweep["parameters"])
@@ -892,7 +893,7 @@ def plot_sweep(
     best = max(rows, key=lambda r: r["validation_final_avg_acc"]["mean"])
     for ax, name in zip(axes, names, strict=True):
         values = [r["setting"].get(name) for r in rows]
-        categorical = any(isinstance(v, (list, tuple)) for v in values)
+        categorical = any(isinstance(v, (list, tuple, str)) for v in values)
         labels = sorted({str(v) for v in values})
         for r, v in zip(rows, values, strict=True):
             acc = r["validation_final_avg_acc"]

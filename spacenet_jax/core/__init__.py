@@ -6,6 +6,7 @@ Read in the order of the paper:
 * ``state``        -- the state pytree: weights, masks (connection owners), Omega, neuron owners;
 * ``layers``       -- the 3x3 convolution (a custom gradient for the CPU), the 2x2 max-pool, and
   the dense layer split into a frozen rest and a trainable block;
+* ``normalisation`` -- pixels to inputs: the dataset's mean and sd, or each pixel's own;
 * ``network``      -- the forward pass, and prediction without task identity;
 * ``topk``         -- the top k of a score array as a mask (allocation, rewiring, reservation);
 * ``allocation``   -- Algorithm 2: select neurons, allocate a task's sparse connections;

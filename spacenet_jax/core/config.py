@@ -73,6 +73,15 @@ NEGATIVES: dict[str, str] = {
     "score its upright images a margin above the turned ones (a CNN on square images)",
 }
 
+#: ``SpaceNetConfig.input_normalisation``: how uint8 pixels become the network's inputs
+#: (``spacenet_jax.core.normalisation``).
+INPUT_NORMALISATIONS: dict[str, str] = {
+    "dataset": "(pixels / 255 - input_mean) / input_std, the dataset's one mean and sd (per "
+    "channel for a CNN; the paper)",
+    "per_pixel": "each input value centred on its own mean and divided by its own sd over the "
+    "training images, fitted when the first task starts and fixed afterwards",
+}
+
 #: ``SpaceNetConfig.training_step``: how an epoch computes the current task's steps. Both give
 #: the same updates, moments and Omega up to float rounding.
 TRAINING_STEPS: dict[str, str] = {
@@ -143,6 +152,10 @@ class SpaceNetConfig:
       learning_rate, momentum, batch_size, epochs: plain SGD as in the paper.
       input_mean, input_std: inputs are ``(pixels / 255 - mean) / std``; a tuple gives one
         value per channel.
+      input_normalisation: one of ``INPUT_NORMALISATIONS``: ``"dataset"`` (the paper) uses
+        ``input_mean`` / ``input_std``; ``"per_pixel"`` ignores them and standardises every
+        input value by its own mean and sd over the training images
+        (``spacenet_jax.core.normalisation``; the two ``(D,)`` arrays live in the state).
       image_shape: ``(height, width, channels)`` of the (flattened, HWC) input images for a CNN;
         empty for an MLP on flat inputs.
       conv_layers: the first ``conv_layers`` weight layers are ``kernel_size`` x
@@ -187,6 +200,7 @@ class SpaceNetConfig:
     epochs: int = 4
     input_mean: float | tuple[float, ...] = 0.1307
     input_std: float | tuple[float, ...] = 0.3081
+    input_normalisation: str = "dataset"
     image_shape: tuple[int, ...] = ()
     conv_layers: int = 0
     kernel_size: int = 3
@@ -376,6 +390,7 @@ FLAGS: dict[str, str] = {
     "batch_size": "--batch-size",
     "epochs": "--epochs",
     "training_step": "--training-step",
+    "input_normalisation": "--input-normalisation",
 }
 
 #: Fields that come from the dataset, not from a flag.
@@ -456,6 +471,9 @@ def validate(config: SpaceNetConfig) -> None:
             f"output_columns must be one of {', '.join(OUTPUT_COLUMNS)}, got "
             f"{config.output_columns!r}"
         )
+    if config.input_normalisation not in INPUT_NORMALISATIONS:
+        _fail(f"input_normalisation must be one of {', '.join(INPUT_NORMALISATIONS)}, got "
+              f"{config.input_normalisation!r}")
     if config.inference not in INFERENCE:
         _fail(f"inference must be one of {', '.join(INFERENCE)}, got {config.inference!r}")
     if config.inference == "per_task" and not config.stores_output_columns:

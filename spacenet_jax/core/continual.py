@@ -27,6 +27,7 @@ import numpy as np
 from spacenet_jax.core.allocation import allocate_connections, claim_all_connections
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 from spacenet_jax.core.inputs import check_images, check_labels
+from spacenet_jax.core.normalisation import fit_input_statistics
 from spacenet_jax.core.output_layer import keep_reserved_output_inputs, store_output_weights
 from spacenet_jax.core.reservation import reserve_neurons
 from spacenet_jax.core.rewiring import rewire
@@ -336,6 +337,8 @@ def learn_task(
     check_images(data.images, config, f"task {task + 1}'s training images")
     check_labels(data.labels, config, f"task {task + 1}'s training labels",
                  data.images.shape[0], used=np.asarray(data.indices)[: data.num_examples])
+    if task == 0:
+        state = fit_input_statistics(state, config, data.images)
     state, report = begin_task(state, config)
     check_allocation(report, task)
     num_examples = np.int32(data.num_examples)

@@ -12,24 +12,11 @@ import jax.numpy as jnp
 from spacenet_jax.core import task_scores
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.layers import add_bias, conv2d, max_pool_2x2
+from spacenet_jax.core.normalisation import preprocess
 from spacenet_jax.core.output_layer import inference_weights
 from spacenet_jax.core.state import SpaceNetState
 
 Array = jax.Array
-
-
-def preprocess(images: Array, config: SpaceNetConfig) -> Array:
-    """uint8 pixels ``(B, D)`` -> float32 ``(pixels / 255 - mean) / std``.
-
-    For a CNN the flat HWC pixels become ``(B, height, width, channels)`` images, normalised per
-    channel when ``input_mean`` / ``input_std`` are tuples.
-    """
-    x = images.astype(jnp.float32) / 255.0
-    if config.is_cnn:
-        x = x.reshape(x.shape[0], *config.image_shape)
-    mean = jnp.asarray(config.input_mean, jnp.float32)
-    std = jnp.asarray(config.input_std, jnp.float32)
-    return (x - mean) / std
 
 
 def forward(
@@ -172,13 +159,14 @@ def task_subnetwork_outputs(
     layer's activations, or every hidden layer's for ``"mahalanobis_all"``) and its raw
     logits."""
     weights, biases = task_subnetwork_weights(state, task)
-    return _scored_outputs(weights, biases, preprocess(images, config), config)
+    return _scored_outputs(weights, biases,
+                           preprocess(images, config, state.input_statistics), config)
 
 
 def _logits(state: SpaceNetState, config: SpaceNetConfig, images: Array) -> Array:
     """Logits ``(B, num_classes)`` of uint8 images ``(B, D)``, every stored output column
     restored, by the network ``config.inference`` names."""
-    x = preprocess(images, config)
+    x = preprocess(images, config, state.input_statistics)
     if config.inference == "per_task":
         return task_subnetwork_logits(state, config, x)
     return forward(inference_weights(state), state.biases, x, config)

@@ -23,6 +23,7 @@ import optax
 from flax import struct
 
 from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.normalisation import empty_input_statistics
 from spacenet_jax.core.task_scores import empty_statistics
 
 Array = jax.Array
@@ -60,6 +61,9 @@ class SpaceNetState:
         ``(num_tasks, fan_out)``: row t holds the biases as they were when task t ended (zeros
         before); otherwise ``()``, so states and checkpoints of the paper's inference do not
         change.
+      input_statistics: with ``config.input_normalisation == "per_pixel"``, ``(mean, sd)``,
+        float32 ``(D,)`` each: every input value's mean and sd over the training images,
+        fitted when the first task starts (``core.normalisation``); otherwise ``()``.
       task_statistics: with ``config.task_scores`` other than ``"logits"``, the statistics of
         each finished task's own training images that put the tasks' scores on one scale
         (``spacenet_jax.core.task_scores.empty_statistics`` lists them); otherwise ``()``.
@@ -77,6 +81,7 @@ class SpaceNetState:
     selected: tuple[Array, ...]
     saved_output_weights: Array
     task_biases: tuple[Array, ...]
+    input_statistics: tuple[Array, ...]
     task_statistics: tuple[Array, ...]
     task: Array
     opt_state: optax.OptState
@@ -160,6 +165,7 @@ def init_state(config: SpaceNetConfig, seed: int | Array) -> SpaceNetState:
         task_biases=tuple(
             jnp.zeros((config.num_tasks, s[-1]), jnp.float32) for s in shapes
         ) if config.inference == "per_task" else (),
+        input_statistics=empty_input_statistics(config),
         task_statistics=empty_statistics(config),
         task=jnp.zeros((), jnp.int32),
         opt_state=make_optimizer(config).init((weights, biases)),

@@ -42,7 +42,7 @@ from flax import struct
 
 from spacenet_jax.core.config import SpaceNetConfig
 from spacenet_jax.core.layers import block_dense
-from spacenet_jax.core.network import preprocess
+from spacenet_jax.core.normalisation import preprocess
 from spacenet_jax.core.state import SpaceNetState, make_optimizer
 
 Array = jax.Array
@@ -275,7 +275,9 @@ def first_layer_products(
     """
     rest = _layer_rest(state.weights[0], _layout(state, config), 0)
     batches = task_indices.reshape(-1, config.batch_size)
-    products = jax.lax.map(lambda index: preprocess(images[index], config) @ rest, batches)
+    products = jax.lax.map(
+        lambda index: preprocess(images[index], config, state.input_statistics) @ rest, batches
+    )
     return products.reshape(task_indices.shape[0], -1)
 
 

@@ -28,7 +28,8 @@ from flax import struct
 
 from spacenet_jax.core import negatives, subnetwork
 from spacenet_jax.core.config import SpaceNetConfig
-from spacenet_jax.core.network import forward, preprocess
+from spacenet_jax.core.network import forward
+from spacenet_jax.core.normalisation import preprocess
 from spacenet_jax.core.state import FREE, SpaceNetState, make_optimizer
 
 Array = jax.Array
@@ -133,7 +134,7 @@ def _train_step(
     labels: Array,
     example_weights: Array,
 ) -> tuple[SpaceNetState, StepMetrics]:
-    x = preprocess(images, config)
+    x = preprocess(images, config, state.input_statistics)
     turned = own_classes = None
     if config.negatives == "rotations":
         rng, key = jax.random.split(state.rng)
@@ -306,7 +307,8 @@ def _train_epoch_on_blocks(
             first_product = (None if first_layer_products is None
                              else first_layer_products[positions])
             grads, (loss_sum, logits) = jax.grad(loss, has_aux=True)(
-                params, preprocess(images[index], config), batch_labels, weights, first_product
+                params, preprocess(images[index], config, state.input_statistics), batch_labels,
+                weights, first_product
             )
             carry = _masked_sgd(config, params, grads, blocks.masks, opt_state, importance)
             return carry, _step_metrics(loss_sum, logits, batch_labels, weights)

@@ -37,6 +37,7 @@ from spacenet_jax.core.continual import (
     train_epoch_and_rewire,
 )
 from spacenet_jax.core.network import predict, predict_with_tasks
+from spacenet_jax.core.normalisation import fit_input_statistics
 from spacenet_jax.core.state import SpaceNetState
 from spacenet_jax.core.subnetwork import caches_first_layer_products, first_layer_products
 from spacenet_jax.core.task_scores import fit_task_statistics
@@ -240,6 +241,9 @@ def learn_tasks(
       DivergenceError: some seed's loss became NaN or infinite.
     """
     task = int(to_host(states.task)[0])
+    if task == 0 and config.input_normalisation == "per_pixel":  # fitted once, then fixed
+        states = shard_seeds(fit_input_statistics(states, config, data.images, batched=True),
+                             mesh)
     states, report = begin_tasks(states, config, mesh)
     check_allocation(to_host(report), task, seeds)
     num_examples = np.int32(data.num_examples)

@@ -1,0 +1,97 @@
+"""Input normalisation: uint8 pixels to the network's float inputs.
+
+Two rules (``SpaceNetConfig.input_normalisation``, ``INPUT_NORMALISATIONS``):
+
+- ``"dataset"`` (the paper): ``(pixels / 255 - input_mean) / input_std`` with the dataset's
+  one mean and sd (per channel for a CNN), static numbers of the configuration.
+- ``"per_pixel"``: every input value (pixel, or pixel and channel) centred on its own mean and
+  divided by its own sd over the training images, ``max(sd, PIXEL_STD_FLOOR)``. The two
+  ``(D,)`` arrays are data, so they live in the state (``SpaceNetState.input_statistics``),
+  fitted once, when the first task starts (``fit_input_statistics``), from the training images
+  it is given: ``make_task_data`` gives every task the whole training set (after a validation
+  hold-out), the same images the dataset's mean and sd are taken from. They stay fixed
+  afterwards, so earlier tasks' sub-networks see their inputs as they learned them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.inputs import input_width
+
+Array = jax.Array
+
+__all__ = [
+    "PIXEL_STD_FLOOR",
+    "empty_input_statistics",
+    "fit_input_statistics",
+    "pixel_statistics",
+    "preprocess",
+]
+
+#: Smallest per-pixel sd (pixel values in [0, 1]) of ``"per_pixel"``: input values that barely
+#: vary over the training set (MNIST's border, about 0 everywhere) are not blown up.
+PIXEL_STD_FLOOR = 0.05
+
+
+def empty_input_statistics(config: SpaceNetConfig) -> tuple[Array, ...]:
+    """``SpaceNetState.input_statistics`` before fitting: ``()`` for ``"dataset"`` (nothing in
+    the state or its checkpoints), else ``(mean, sd)``, float32 ``(D,)`` zeros and ones."""
+    if config.input_normalisation != "per_pixel":
+        return ()
+    width = input_width(config)
+    return jnp.zeros((width,), jnp.float32), jnp.ones((width,), jnp.float32)
+
+
+@partial(jax.jit, static_argnames="floor")
+def pixel_statistics(images: Array, floor: float = PIXEL_STD_FLOOR) -> tuple[Array, Array]:
+    """Mean and sd of every input value of uint8 ``images`` ``(N, D)``, in [0, 1] units:
+    float32 ``(D,)`` each, the sd at least ``floor``.
+
+    Two passes (the mean, then the mean squared deviation), each a reduction XLA fuses with the
+    uint8 conversion: no ``(N, D)`` float copy is made.
+    """
+    count = images.shape[0]
+    mean = jnp.sum(images, axis=0, dtype=jnp.float32) / (255.0 * count)
+    var = jnp.sum(jnp.square(images.astype(jnp.float32) / 255.0 - mean), axis=0) / count
+    return mean, jnp.maximum(jnp.sqrt(var), floor)
+
+
+def fit_input_statistics(state, config: SpaceNetConfig, images: Array, *, batched: bool = False):
+    """``state`` (a ``SpaceNetState``; with ``batched``, seeds along a leading axis) with
+    ``input_statistics`` fitted to uint8 training ``images`` ``(N, D)`` (``"per_pixel"``); the
+    state itself for ``"dataset"``. ``learn_task`` calls it when the first task starts."""
+    if config.input_normalisation != "per_pixel":
+        return state
+    statistics = pixel_statistics(images)
+    if batched:
+        seeds = state.task.shape[0]
+        statistics = tuple(jnp.broadcast_to(a, (seeds, *a.shape)) for a in statistics)
+    return state.replace(input_statistics=statistics)
+
+
+def preprocess(images: Array, config: SpaceNetConfig,
+               input_statistics: tuple[Array, ...] = ()) -> Array:
+    """uint8 pixels ``(B, D)`` -> float32 network inputs.
+
+    ``input_statistics`` empty (``"dataset"``): ``(pixels / 255 - mean) / std`` with the
+    configuration's numbers, per channel when ``input_mean`` / ``input_std`` are tuples.
+    ``(mean, sd)`` of shape ``(D,)`` (``"per_pixel"``, ``SpaceNetState.input_statistics``):
+    each input value by its own. For a CNN the flat HWC values then become
+    ``(B, height, width, channels)`` images.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    if input_statistics:
+        mean, std = input_statistics
+        x = (x - mean) / std
+    if config.is_cnn:
+        x = x.reshape(x.shape[0], *config.image_shape)
+    if input_statistics:
+        return x
+    mean = jnp.asarray(config.input_mean, jnp.float32)
+    std = jnp.asarray(config.input_std, jnp.float32)
+    return (x - mean) / std
