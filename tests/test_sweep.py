@@ -194,16 +194,20 @@ def test_the_tuned_presets_fit_and_differ_from_the_paper_only_where_chosen(modul
 
     presets, paper, tuned, changed = _preset(module, "tuned")
     assert changed == {
-        "split_mnist": {"selected_neurons", "connections_per_task", "rewire_ratio", "epochs"},
+        "split_mnist": {"selected_neurons", "connections_per_task", "rewire_ratio",
+                        "input_normalisation", "learning_rate"},
         "split_fashion_mnist": {"epochs", "learning_rate", "input_normalisation"},
     }[module]
     plan = main(module, "unused", "d", paper, ["--preset", "tuned", "--dry-run"],
                 presets=presets)["plan"]
     assert plan  # the whole sequence fits the network
-    if module == "split_fashion_mnist":  # the earlier preset, the dataset's mean and sd
-        _, _, earlier, earlier_changed = _preset(module, "tuned_dataset_normalisation")
-        assert earlier_changed == {"epochs", "learning_rate"}
-        assert tuned.input_normalisation == "per_pixel" and earlier.epochs == tuned.epochs
+    # the earlier preset: the dataset's one mean and sd
+    _, _, earlier, earlier_changed = _preset(module, "tuned_dataset_normalisation")
+    assert earlier_changed == {
+        "split_mnist": {"selected_neurons", "connections_per_task", "rewire_ratio", "epochs"},
+        "split_fashion_mnist": {"epochs", "learning_rate"},
+    }[module]
+    assert tuned.input_normalisation == "per_pixel" != earlier.input_normalisation
     assert str(tuned.selected_neurons[0]) in capsys.readouterr().out
 
 
