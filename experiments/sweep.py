@@ -7,14 +7,13 @@ method), settings x seeds as one vmapped program per shape.
         --space momentum=uniform:0:0.9 --space specific_neurons=choice:20/20,30/30,40/40 \\
         --seeds 0-4 --out runs/random --resume
 
-The learning rate and the momentum are traced values of the state
-(``core.state.TRACED_HYPERPARAMETERS``): every setting that differs only in them runs in the
-same compiled program, vmapped over settings x seeds. Parameters that change a shape or the
-schedule (``specific_neurons``, ``selected_neurons``, ``connections_per_task``,
-``rewire_ratio``, ``epochs``, ``batch_size``), and the input normalisation
-(``input_normalisation``, ``input_mean``, ``input_std``), split the sweep into groups, one
-program each. A tuple value is written with ``/`` between its numbers
-(``specific_neurons=20/20``).
+The learning rate, the momentum and the dataset's input mean and sd are traced values of the
+state (``running.runner.TRACED_SETTINGS``): every setting that differs only in them runs in
+the same compiled program, vmapped over settings x seeds. Parameters that change a shape or
+the schedule (``specific_neurons``, ``selected_neurons``, ``connections_per_task``,
+``rewire_ratio``, ``epochs``, ``batch_size``), and the normalisation rule
+(``input_normalisation=dataset,per_pixel``), split the sweep into groups, one program each.
+A tuple value is written with ``/`` between its numbers (``specific_neurons=20/20``).
 
 Training examples are held out (``--validation`` per class, 500 by default, fixed by
 ``--validation-seed``) and the settings are ranked by the final average accuracy on them;
@@ -44,8 +43,8 @@ from experiments.common import command_line_process, load_or_exit, parse_seeds, 
 from experiments.split_fashion_mnist import SPLIT_FASHION_MNIST
 from experiments.split_mnist import SPLIT_MNIST
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig, parse_int_list
-from spacenet_jax.core.state import TRACED_HYPERPARAMETERS
 from spacenet_jax.running import metrics
+from spacenet_jax.running.runner import TRACED_SETTINGS
 from spacenet_jax.storage.results_io import (
     ResultsFileError,
     check_output_folder,
@@ -64,9 +63,8 @@ BENCHMARKS: dict[str, tuple[str, SpaceNetConfig]] = {
 
 #: What a sweep may vary: the traced hyper-parameters, and those that need a program each.
 SHAPE_PARAMETERS = ("epochs", "batch_size", "rewire_ratio", "specific_neurons",
-                    "selected_neurons", "connections_per_task", "input_mean", "input_std",
-                    "input_normalisation")
-SWEEPABLE = (*TRACED_HYPERPARAMETERS, *SHAPE_PARAMETERS)
+                    "selected_neurons", "connections_per_task", "input_normalisation")
+SWEEPABLE = (*TRACED_SETTINGS, *SHAPE_PARAMETERS)
 
 Setting = dict[str, Any]
 
@@ -175,8 +173,8 @@ def setting_name(setting: Setting) -> str:
 
 def split_setting(setting: Setting) -> tuple[Setting, Setting]:
     """``(shape part, traced part)`` of a setting: the first picks the program."""
-    shape = {k: v for k, v in setting.items() if k not in TRACED_HYPERPARAMETERS}
-    return shape, {k: v for k, v in setting.items() if k in TRACED_HYPERPARAMETERS}
+    shape = {k: v for k, v in setting.items() if k not in TRACED_SETTINGS}
+    return shape, {k: v for k, v in setting.items() if k in TRACED_SETTINGS}
 
 
 def _summary(runs: list[dict[str, Any]], key: str) -> dict[str, float] | None:

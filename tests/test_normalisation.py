@@ -16,7 +16,13 @@ from experiments.common import main as experiment_main
 from experiments.sweep import parse_grid, parse_value
 from spacenet_jax.core.config import ConfigError
 from spacenet_jax.core.network import predict
-from spacenet_jax.core.normalisation import PIXEL_STD_FLOOR, pixel_statistics, preprocess
+from spacenet_jax.core.normalisation import (
+    PIXEL_STD_FLOOR,
+    dataset_statistics,
+    pixel_statistics,
+    preprocess,
+    with_dataset_normalisation,
+)
 from spacenet_jax.core.state import init_state
 from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
 from spacenet_jax.storage.checkpoint import (
@@ -80,6 +86,24 @@ def test_per_pixel_inputs_use_the_states_statistics_in_flat_hwc_order():
     np.testing.assert_allclose(centred.mean(0), 0.0, atol=1e-5)
     unfloored = np.asarray(std) > PIXEL_STD_FLOOR
     np.testing.assert_allclose(centred.std(0)[unfloored], 1.0, rtol=1e-4)
+
+
+def test_the_datasets_numbers_as_arrays_give_the_same_inputs():
+    config = dataclasses.replace(TINY_CNN, input_mean=(0.1, 0.5, 0.9), input_std=(0.2, 0.3, 0.4))
+    mean, std = dataset_statistics(config)
+    assert mean.shape == std.shape == (8 * 8 * 3,)
+    np.testing.assert_array_equal(np.asarray(mean).reshape(8, 8, 3)[3, 5],
+                                  np.float32([0.1, 0.5, 0.9]))
+    np.testing.assert_array_equal(np.asarray(std).reshape(8, 8, 3)[7, 0],
+                                  np.float32([0.2, 0.3, 0.4]))
+    images = jnp.asarray(_images(dim=8 * 8 * 3))
+    np.testing.assert_allclose(preprocess(images, config, (mean, std)),
+                               preprocess(images, config), atol=1e-6)
+    state = with_dataset_normalisation(init_state(config, 0), config)
+    np.testing.assert_array_equal(state.input_statistics[0], mean)
+    with pytest.raises(ConfigError, match="vary them with input_normalisation='dataset'"):
+        with_dataset_normalisation(init_state(config, 0),
+                                   dataclasses.replace(config, input_normalisation="per_pixel"))
 
 
 def test_unknown_rule_is_refused_with_the_choices():

@@ -12,6 +12,7 @@ from conftest import TINY, synthetic_dataset
 
 from experiments import sweep
 from spacenet_jax import init_state, learn_task, make_task_data, task_indices
+from spacenet_jax.core.config import ConfigError
 from spacenet_jax.core.state import hyperparameters, with_hyperparameters
 from spacenet_jax.running.runner import run_task_sequence, run_task_sequences
 
@@ -57,6 +58,31 @@ def test_a_2x2_grid_in_one_program_equals_the_four_separate_runs(data):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         finals.add(round(record["final_avg_acc"], 6))
     assert len(finals) > 1  # the settings do train differently
+
+
+def test_a_grid_over_the_input_mean_and_sd_in_one_program_equals_the_separate_runs(data):
+    from spacenet_jax.running import multiseed
+
+    settings = sweep.parse_grid(["input_mean=0.4,0.6", "input_std=0.25,0.3",
+                                 "learning_rate=0.05"], TINY)
+    assert sweep.split_setting(settings[0]) == ({}, settings[0])  # all traced: one group
+    config = dataclasses.replace(TINY, epochs=1)
+    multiseed.train_epochs_and_rewire.clear_cache()
+    batched = run_task_sequences(config, data, [0] * 4, settings=settings, progress=False)
+    assert multiseed.train_epochs_and_rewire._cache_size() == 1
+    finals = set()
+    for setting, (state, record) in zip(settings, batched, strict=True):
+        alone_state, alone = run_task_sequence(dataclasses.replace(config, **setting), data, 0,
+                                               progress=False)
+        assert record["config"]["input_mean"] == setting["input_mean"]
+        assert _comparable(record) == _comparable(alone), setting
+        for x, y in zip(state.weights, alone_state.weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        finals.add(round(record["final_avg_acc"], 6))
+    assert len(finals) > 1  # the normalisations do train differently
+    with pytest.raises(ConfigError, match="not used with input_normalisation='per_pixel'"):
+        run_task_sequences(dataclasses.replace(config, input_normalisation="per_pixel"), data,
+                           [0, 1], settings=[{"input_mean": 0.4}] * 2, progress=False)
 
 
 def test_the_traced_settings_compile_once(data):

@@ -11,6 +11,11 @@ Two rules (``SpaceNetConfig.input_normalisation``, ``INPUT_NORMALISATIONS``):
   it is given: ``make_task_data`` gives every task the whole training set (after a validation
   hold-out), the same images the dataset's mean and sd are taken from. They stay fixed
   afterwards, so earlier tasks' sub-networks see their inputs as they learned them.
+
+The dataset's mean and sd can also be traced values: ``with_dataset_normalisation`` puts
+them into the state as ``(D,)`` arrays, the same inputs, so that runs differing only in them
+share one compiled program (``run_task_sequences(..., settings=[{"input_mean": ...}])``, a
+sweep).
 """
 
 from __future__ import annotations
@@ -19,19 +24,27 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from spacenet_jax.core.config import SpaceNetConfig
+from spacenet_jax.core.config import ConfigError, SpaceNetConfig
 from spacenet_jax.core.inputs import input_width
 
 Array = jax.Array
 
 __all__ = [
     "PIXEL_STD_FLOOR",
+    "TRACED_INPUT_NORMALISATION",
+    "dataset_statistics",
     "empty_input_statistics",
     "fit_input_statistics",
     "pixel_statistics",
     "preprocess",
+    "with_dataset_normalisation",
 ]
+
+#: The configuration's normalisation numbers that a batch of runs may vary without recompiling
+#: (``with_dataset_normalisation``).
+TRACED_INPUT_NORMALISATION = ("input_mean", "input_std")
 
 #: Smallest per-pixel sd (pixel values in [0, 1]) of ``"per_pixel"``: input values that barely
 #: vary over the training set (MNIST's border, about 0 everywhere) are not blown up.
@@ -74,15 +87,44 @@ def fit_input_statistics(state, config: SpaceNetConfig, images: Array, *, batche
     return state.replace(input_statistics=statistics)
 
 
+def dataset_statistics(config: SpaceNetConfig) -> tuple[Array, Array]:
+    """``config.input_mean`` and ``input_std`` as float32 ``(D,)`` arrays: one value repeated,
+    or a CNN's per-channel values tiled in the flat HWC order (channel fastest)."""
+    width = input_width(config)
+
+    def tiled(value: float | tuple[float, ...]) -> Array:
+        return jnp.asarray(np.resize(np.asarray(value, np.float32).reshape(-1), width))
+
+    return tiled(config.input_mean), tiled(config.input_std)
+
+
+def with_dataset_normalisation(state, config: SpaceNetConfig):
+    """``state`` normalising its inputs with ``config``'s ``input_mean`` / ``input_std`` held
+    as traced ``(D,)`` arrays in ``input_statistics`` (``dataset_statistics``) instead of
+    static numbers: the same inputs, and states that differ only in these numbers run as one
+    vmapped program. For the ``"dataset"`` rule only.
+
+    Raises:
+      ConfigError: ``config.input_normalisation`` is not ``"dataset"`` (``"per_pixel"`` fits its
+        own statistics and does not read ``input_mean`` / ``input_std``).
+    """
+    if config.input_normalisation != "dataset":
+        raise ConfigError(
+            f"input_mean and input_std are not used with input_normalisation="
+            f"{config.input_normalisation!r}: vary them with input_normalisation='dataset'"
+        )
+    return state.replace(input_statistics=dataset_statistics(config))
+
+
 def preprocess(images: Array, config: SpaceNetConfig,
                input_statistics: tuple[Array, ...] = ()) -> Array:
     """uint8 pixels ``(B, D)`` -> float32 network inputs.
 
     ``input_statistics`` empty (``"dataset"``): ``(pixels / 255 - mean) / std`` with the
     configuration's numbers, per channel when ``input_mean`` / ``input_std`` are tuples.
-    ``(mean, sd)`` of shape ``(D,)`` (``"per_pixel"``, ``SpaceNetState.input_statistics``):
-    each input value by its own. For a CNN the flat HWC values then become
-    ``(B, height, width, channels)`` images.
+    ``(mean, sd)`` of shape ``(D,)`` (``SpaceNetState.input_statistics``: fitted for
+    ``"per_pixel"``, or the dataset's numbers as traced values): each input value by its own.
+    For a CNN the flat HWC values then become ``(B, height, width, channels)`` images.
     """
     x = images.astype(jnp.float32) / 255.0
     if input_statistics:

@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 from spacenet_jax.core.config import ConfigError, SpaceNetConfig, matches_saved
 from spacenet_jax.core.continual import TaskData, learn_task, make_task_data, pad_stage_indices
 from spacenet_jax.core.inputs import check_images, check_labels
+from spacenet_jax.core.normalisation import TRACED_INPUT_NORMALISATION, with_dataset_normalisation
 from spacenet_jax.core.stages import training_stages
 from spacenet_jax.core.state import (
+    TRACED_HYPERPARAMETERS,
     SpaceNetState,
     connection_counts,
     connections_used,
@@ -33,6 +35,10 @@ from spacenet_jax.core.state import (
 from spacenet_jax.running import metrics
 from spacenet_jax.running.evaluation import class_and_task_il_accuracies, predict_in_chunks
 from spacenet_jax.storage.data import ImageDataset, hold_out_validation, task_indices
+
+#: What the members of one batch may vary without recompiling (``run_task_sequences``'
+#: ``settings``): the optimiser's traced hyper-parameters and the dataset's mean and sd.
+TRACED_SETTINGS = (*TRACED_HYPERPARAMETERS, *TRACED_INPUT_NORMALISATION)
 
 TaskEndCallback = Callable[[int, SpaceNetState, dict[str, Any]], None]
 #: ``(seed, task, state, partial_record)``, called for every seed of a batch after each task.
@@ -149,8 +155,10 @@ def run_task_sequences(
       resume_from: per seed, ``(state, record)`` to continue from; seeds given here must all be
         at the same task, and every other seed starts fresh, so either every seed or none of
         them is in it (``study.seed_batches`` groups the seeds by where they resume).
-      settings: per entry of ``seeds``, traced hyper-parameters
-        (``core.state.TRACED_HYPERPARAMETERS``, e.g. ``{"learning_rate": 0.02}``) that member
+      settings: per entry of ``seeds``, traced settings (``TRACED_SETTINGS``: the learning
+        rate and momentum, held in the optimiser state, and, for the ``"dataset"``
+        normalisation, ``input_mean`` / ``input_std``, held in ``state.input_statistics``;
+        e.g. ``{"learning_rate": 0.02}``) that member
         trains with instead of ``config``'s, in the same compiled program (a sweep); its record's
         ``config`` names them, and it equals the run of that configuration. A seed may then
         repeat with other settings. Not with ``resume_from``.
@@ -262,8 +270,13 @@ class _VmappedSeeds:
         else:
             singles = [init_state(config, seed) for seed in self.padded]
         if settings is not None:
-            singles = [with_hyperparameters(st, **setting) for st, setting in
-                       zip(singles, multiseed.pad_seeds(settings, len(devices)), strict=True)]
+            padded = multiseed.pad_seeds(settings, len(devices))
+            singles = [with_hyperparameters(st, **{k: v for k, v in setting.items()
+                                                   if k in TRACED_HYPERPARAMETERS})
+                       for st, setting in zip(singles, padded, strict=True)]
+            if any(k in TRACED_INPUT_NORMALISATION for setting in settings for k in setting):
+                singles = [with_dataset_normalisation(st, cfg) for st, cfg in zip(
+                    singles, multiseed.pad_seeds(self.configs, len(devices)), strict=True)]
         self.state = shard(multiseed.stack_states(singles))
 
     def put(self, images: np.ndarray) -> np.ndarray:
@@ -448,17 +461,21 @@ def member_configs(
     config: SpaceNetConfig, seeds: Sequence[int], settings: Sequence[Mapping[str, float]] | None
 ) -> list[SpaceNetConfig]:
     """The configuration of each member of a batch: ``config`` with that member's traced
-    hyper-parameters (``settings``, one per seed), each checked (``ConfigError``)."""
-    from spacenet_jax.core.state import TRACED_HYPERPARAMETERS
-
+    settings (``settings``, one per seed; names of ``TRACED_SETTINGS``), each checked
+    (``ConfigError``)."""
     if settings is None:
         return [config] * len(seeds)
     configs = []
     for setting in settings:
-        unknown = sorted(set(setting) - set(TRACED_HYPERPARAMETERS))
+        unknown = sorted(set(setting) - set(TRACED_SETTINGS))
         if unknown:
             raise ConfigError(f"{unknown} change the compiled program and cannot vary within "
-                              f"a batch; only {list(TRACED_HYPERPARAMETERS)} can")
+                              f"a batch; only {list(TRACED_SETTINGS)} can")
+        if config.input_normalisation != "dataset" and set(setting) & set(
+                TRACED_INPUT_NORMALISATION):
+            raise ConfigError(
+                f"input_mean and input_std are not used with input_normalisation="
+                f"{config.input_normalisation!r}; vary them with input_normalisation='dataset'")
         configs.append(dataclasses.replace(config, **setting))  # checked (ConfigError)
     return configs
 
