@@ -471,11 +471,6 @@ def member_configs(
         if unknown:
             raise ConfigError(f"{unknown} change the compiled program and cannot vary within "
                               f"a batch; only {list(TRACED_SETTINGS)} can")
-        if config.input_normalisation != "dataset" and set(setting) & set(
-                TRACED_INPUT_NORMALISATION):
-            raise ConfigError(
-                f"input_mean and input_std are not used with input_normalisation="
-                f"{config.input_normalisation!r}; vary them with input_normalisation='dataset'")
         configs.append(dataclasses.replace(config, **setting))  # checked (ConfigError)
     return configs
 
