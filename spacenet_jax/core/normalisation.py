@@ -79,18 +79,14 @@ def pixel_statistics(images: Array, floor: float = PIXEL_STD_FLOOR) -> tuple[Arr
     return mean, jnp.maximum(jnp.sqrt(var), floor)
 
 
-def fit_input_statistics(state: SpaceNetState, config: SpaceNetConfig, images: Array, *,
-                         batched: bool = False) -> SpaceNetState:
-    """``state`` (a ``SpaceNetState``; with ``batched``, seeds along a leading axis) with
-    ``input_statistics`` fitted to uint8 training ``images`` ``(N, D)`` (``"per_pixel"``); the
-    state itself for ``"dataset"``. ``learn_task`` calls it when the first task starts."""
+def fit_input_statistics(state: SpaceNetState, config: SpaceNetConfig,
+                         images: Array) -> SpaceNetState:
+    """``state`` with ``input_statistics`` fitted to uint8 training ``images`` ``(N, D)``
+    (``"per_pixel"``); the state itself for ``"dataset"``. ``learn_task`` calls it when the
+    first task starts (``multiseed.fit_input_statistics_seeds`` for a batch of seeds)."""
     if config.input_normalisation != "per_pixel":
         return state
-    statistics = pixel_statistics(images)
-    if batched:
-        seeds = state.task.shape[0]
-        statistics = tuple(jnp.broadcast_to(a, (seeds, *a.shape)) for a in statistics)
-    return state.replace(input_statistics=statistics)
+    return state.replace(input_statistics=pixel_statistics(images))
 
 
 def dataset_statistics(config: SpaceNetConfig) -> tuple[Array, Array]:

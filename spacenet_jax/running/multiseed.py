@@ -133,6 +133,15 @@ def over_seeds(fn: Callable, batched: Sequence[bool], mesh: Mesh | None) -> Call
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
+def fit_input_statistics_seeds(
+    states: SpaceNetState, config: SpaceNetConfig, images: Array, mesh: Mesh | None = None
+) -> SpaceNetState:
+    """``fit_input_statistics`` for every seed (the images are shared, so are the statistics)."""
+    return over_seeds(lambda s, x: fit_input_statistics(s, config, x), [True, False],
+                      mesh)(states, images)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
 def begin_tasks(
     states: SpaceNetState, config: SpaceNetConfig, mesh: Mesh | None = None
 ) -> tuple[SpaceNetState, dict[str, Array]]:
@@ -242,8 +251,7 @@ def learn_tasks(
     """
     task = int(to_host(states.task)[0])
     if task == 0 and config.input_normalisation == "per_pixel":  # fitted once, then fixed
-        states = shard_seeds(fit_input_statistics(states, config, data.images, batched=True),
-                             mesh)
+        states = fit_input_statistics_seeds(states, config, data.images, mesh)
     states, report = begin_tasks(states, config, mesh)
     check_allocation(to_host(report), task, seeds)
     num_examples = np.int32(data.num_examples)
