@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Keep the tests on the CPU and deterministic on any machine.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -143,6 +144,32 @@ def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: Space
         assert np.array_equal(
             np.asarray(after.biases[h])[reserved], np.asarray(before.biases[h])[reserved]
         )
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """The ``$SPACENET_CACHE_DIR`` of the tests' runs on real data, one for the whole session:
+    tfds prepares MNIST and Fashion-MNIST into it once (15-30 s each on 2 CPU cores), and the
+    runs' subprocesses reuse each other's compiled programs (``jax-compilation`` inside it). The
+    session's own ``$SPACENET_CACHE_DIR`` when set (``.ci/run`` sets one), else a fresh folder
+    (one per worker under pytest-xdist). Concurrent preparations of one dataset wait for each
+    other (``spacenet_jax.storage.data``'s lock). Tests of the cache itself use their own."""
+    env = os.environ.get("SPACENET_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_programs_kept_on_disk(shared_cache):
+    """JAX's persistent compilation cache for the whole session, in ``shared_cache``: a program
+    compiled by one test file is read back from disk by the next (``jax.clear_caches`` frees
+    them after each file) and by the runs' subprocesses. ``SPACENET_TEST_COMPILATION_CACHE=off``
+    leaves it off (an experiment's ``main`` called in-process still turns on its own)."""
+    if os.environ.get("SPACENET_TEST_COMPILATION_CACHE", "").lower() == "off":
+        yield None
+        return
+    from spacenet_jax.running.compile_cache import enable_compilation_cache
+
+    yield enable_compilation_cache(shared_cache / "jax-compilation")
 
 
 @pytest.fixture(autouse=True, scope="module")

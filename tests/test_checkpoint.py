@@ -314,8 +314,8 @@ def _run(args: list[str], cache: Path, **env) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @needs_mnist
-def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path):
-    cache = tmp_path / "cache"
+def test_split_mnist_killed_after_task_2_resumes_to_the_same_results(tmp_path, shared_cache):
+    cache = shared_cache
     common = ["-m", "experiments.split_mnist", "--seed", "1", "--epochs", "1", "--quiet",
               "--data-dir", str(SHARED_DATASETS)]
     whole = _run([*common, "--out", str(tmp_path / "whole")], cache)

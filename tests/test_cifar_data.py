@@ -151,6 +151,45 @@ def test_cifar10_cache_round_trip(tmp_path, capsys):
     assert (again.num_classes, again.image_shape) == (10, (32, 32, 3))
 
 
+@pytest.mark.parametrize("other_process_caches", [True, False])
+def test_a_load_waits_for_another_process_preparing_the_same_dataset(
+    tmp_path, monkeypatch, capsys, other_process_caches
+):
+    """While another process holds the dataset's preparation lock, a load waits; then it reads
+    that process's cache instead of preparing again, or, if the other one died without caching,
+    prepares it itself."""
+    import threading
+
+    from filelock import FileLock
+
+    root = tmp_path / "data"
+    folder = _write_cifar10(root / "cifar-10-batches-bin")
+    reads = []
+    read = data._load_cifar_binary
+    monkeypatch.setattr(data, "_load_cifar_binary",
+                        lambda *a, **k: reads.append(1) or read(*a, **k))
+    other = FileLock(tmp_path / "cache" / "locks" / "cifar10.lock")
+    (tmp_path / "cache" / "locks").mkdir(parents=True)
+    other.acquire()
+    loaded = {}
+    waiter = threading.Thread(target=lambda: loaded.update(ds=load_dataset("cifar10", root)))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and reads == []  # waiting, nothing read yet
+    if other_process_caches:
+        sources = data.source_fingerprint([folder / f for f in CIFAR10_FILES])
+        data._write_cache(read("cifar10", root, verbose=False), sources, verbose=False)
+    other.release()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    err = capsys.readouterr().err
+    assert "another process is preparing cifar10" in err and "waiting for it" in err
+    assert reads == ([] if other_process_caches else [1])
+    assert ("reading cifar10" in err) is not other_process_caches
+    assert loaded["ds"].train_labels.tolist() == [(2 * f + k) % 10 for f in range(5)
+                                                   for k in range(2)]
+
+
 def test_cifar10_tampered_cache_is_reread(tmp_path, capsys):
     root = tmp_path / "data"
     _write_cifar10(root / "cifar-10-batches-bin")

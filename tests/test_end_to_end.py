@@ -66,9 +66,9 @@ needs_mnist = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def mnist_cache(tmp_path_factory) -> Path:
-    """One dataset cache for this module's subprocesses (tfds prepares MNIST once)."""
-    return tmp_path_factory.mktemp("cache")
+def mnist_cache(shared_cache) -> Path:
+    """The session's dataset cache for this module's subprocesses (MNIST prepared once)."""
+    return shared_cache
 
 
 def _run(args: list[str], cache: Path) -> subprocess.CompletedProcess:

@@ -87,14 +87,14 @@ def _checkpoint_steps(ck: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets absent")
-def test_notebook_runs_in_quick_mode_and_resumes(tmp_path, monkeypatch):
+def test_notebook_runs_in_quick_mode_and_resumes(tmp_path, monkeypatch, shared_cache):
     run_dir, ck = tmp_path / "run", tmp_path / "checkpoints"
     for key, value in {
         "SPACENET_NOTEBOOK_QUICK": "1",
         "SPACENET_DATA_DIR": str(SHARED_DATASETS),
         "SPACENET_NOTEBOOK_RUN_DIR": str(run_dir),
         "SPACENET_NOTEBOOK_CHECKPOINT_DIR": str(ck),
-        "SPACENET_CACHE_DIR": str(tmp_path / "cache"),
+        "SPACENET_CACHE_DIR": str(shared_cache),
         "JAX_PLATFORMS": "cpu",
     }.items():
         monkeypatch.setenv(key, value)  # the kernel and the experiment's process inherit them

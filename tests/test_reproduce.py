@@ -111,9 +111,9 @@ def _run(args: list[str], cache: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATASETS / "fashion_mnist").is_dir(),
                     reason="../shared/datasets absent")
-def test_reproduce_table3_short_schedule_and_resume(tmp_path):
+def test_reproduce_table3_short_schedule_and_resume(tmp_path, shared_cache):
     """The command on real Fashion-MNIST (1 epoch, two fast rows), then resumed with a seed more."""
-    out, cache = tmp_path / "t3", tmp_path / "cache"
+    out, cache = tmp_path / "t3", shared_cache
     common = ["experiments.reproduce", "--table", "3", "--epochs", "1", "--methods",
               "finetune,joint", "--data-dir", str(SHARED_DATASETS), "--out", str(out)]
     first = _run([*common, "--seeds", "0"], cache)

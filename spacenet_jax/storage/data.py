@@ -14,6 +14,10 @@ a cache made from other files (or downloaded) is rebuilt from them. Without a da
 cache is used as it is; with no cache either, the network is probed first (a few seconds), so
 that an offline machine fails at once with the fix instead of retrying downloads for minutes.
 
+Processes sharing a cache folder (seeds started side by side, a parallel test suite) prepare a
+dataset one at a time: the second waits for the first (a lock in ``cache_dir()/locks``) and then
+reads its cache.
+
 TensorFlow and tensorflow-datasets are imported lazily, only on the slow path.
 """
 
@@ -36,7 +40,7 @@ import tempfile
 import threading
 import urllib.parse
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -316,12 +320,51 @@ def load_dataset(
     if cached is not None:
         return cached
 
-    if name in CIFAR_DATASETS and folder is not None:
-        dataset = _load_cifar_binary(name, folder, verbose=verbose)
-    else:
-        dataset = _load_with_tfds(name, folder, sources, verbose=verbose)
-    _write_cache(dataset, sources, verbose=verbose)
+    with _preparation_lock(name) as waited:
+        if waited:  # another process prepared it meanwhile: its cache, checked as any other
+            cached = _load_cache(name, sources, files[0].parent if files else None)
+            if cached is not None:
+                return cached
+        if name in CIFAR_DATASETS and folder is not None:
+            dataset = _load_cifar_binary(name, folder, verbose=verbose)
+        else:
+            dataset = _load_with_tfds(name, folder, sources, verbose=verbose)
+        _write_cache(dataset, sources, verbose=verbose)
     return dataset
+
+
+@contextlib.contextmanager
+def _preparation_lock(name: str) -> Iterator[bool]:
+    """Hold ``cache_dir()/locks/<name>.lock`` while ``name`` is prepared and cached; yield
+    whether another process held it first (it then has usually cached the arrays).
+
+    Two processes on a fresh cache (seeds started side by side, a parallel test suite) would
+    otherwise prepare the same tfds folder at once and trip over each other's files. The lock is
+    ``flock`` (``filelock``): released by the operating system when its holder dies, so a
+    killed preparation never blocks the next one. Where the cache folder cannot be written, no
+    lock is taken (and no cache will be written either: :func:`_write_cache` warns)."""
+    from filelock import FileLock, Timeout
+
+    lock: FileLock | None = None
+    waited = False
+    try:
+        path = cache_dir() / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            _info(f"another process is preparing {name} in {cache_dir()}; waiting for it "
+                  f"(lock {path})", True)
+            waited = True
+            lock.acquire()
+    except OSError:
+        lock = None
+    try:
+        yield waited
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _source_files(name: str, folder: pathlib.Path) -> list[pathlib.Path]:
