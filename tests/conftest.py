@@ -152,10 +152,17 @@ def shared_cache(tmp_path_factory) -> Path:
     tfds prepares MNIST and Fashion-MNIST into it once (15-30 s each on 2 CPU cores), and the
     runs' subprocesses reuse each other's compiled programs (``jax-compilation`` inside it). The
     session's own ``$SPACENET_CACHE_DIR`` when set (``.ci/run`` sets one), else a fresh folder
-    (one per worker under pytest-xdist). Concurrent preparations of one dataset wait for each
-    other (``spacenet_jax.storage.data``'s lock). Tests of the cache itself use their own."""
+    shared by the pytest-xdist workers of this run. Concurrent preparations of one dataset wait
+    for each other (``spacenet_jax.storage.data``'s lock). Tests of the cache itself use their
+    own."""
     env = os.environ.get("SPACENET_CACHE_DIR")
-    return Path(env) if env else tmp_path_factory.mktemp("shared-cache")
+    if env:
+        return Path(env)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    (root / "shared-cache").mkdir(exist_ok=True)
+    return root / "shared-cache"
 
 
 @pytest.fixture(autouse=True, scope="session")
