@@ -146,6 +146,14 @@ def assert_invariants(before: SpaceNetState, after: SpaceNetState, config: Space
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files holding ``slow`` tests first, each file's tests in their own order: under
+    pytest-xdist (a file per worker) no long file is then left to start last while the other
+    workers sit idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """The ``$SPACENET_CACHE_DIR`` of the tests' runs on real data, one for the whole session:

@@ -72,6 +72,7 @@ def test_split_cifar10_cli_on_fake_images_writes_results_and_the_figure(tmp_path
     assert "final_task_accuracy.png" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_per_task_preset_sets_the_inference_rule_and_flags_still_override_it(tmp_path):
     def run(out, *flags):
         return main(

@@ -102,6 +102,7 @@ def _check_common(ds: ImageDataset, name: str) -> None:
 # real data
 
 
+@pytest.mark.slow
 def test_mnist_loads_through_tfds(mnist_load):
     ds, cache = mnist_load
     _check_common(ds, "mnist")
@@ -145,6 +146,7 @@ def test_mnist_second_load_uses_cache_without_tensorflow(mnist_load):
     assert "preparing" not in out.stderr and "warning" not in out.stderr
 
 
+@pytest.mark.slow
 def test_fashion_mnist_loads(fashion_load, mnist_load):
     ds, _ = fashion_load
     _check_common(ds, "fashion_mnist")

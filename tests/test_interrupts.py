@@ -44,6 +44,7 @@ def _runs(out: Path) -> list[dict]:
             for r in runs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_says_what_is_kept_and_resumes(tmp_path, sig):
     cache = tmp_path / "compiled"

@@ -190,6 +190,7 @@ def test_cli_seed_batch_one_runs_seeds_one_by_one(tmp_path, data):
         _cli(["--seeds", "3,4", "--seed-batch", "0"], data)
 
 
+@pytest.mark.slow
 def test_sharded_over_8_cpu_devices_equals_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}

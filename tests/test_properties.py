@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import assert_invariants, synthetic_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,7 @@ def configs(draw) -> SpaceNetConfig:
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs(), seed=st.integers(0, 2**16))
 def test_invariants_after_every_operation(config: SpaceNetConfig, seed: int):
@@ -96,6 +98,7 @@ def test_invariants_after_every_operation(config: SpaceNetConfig, seed: int):
             assert int(np.sum(owners == FREE)) == config.layer_sizes[h + 1] - (t + 1) * spec
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs(), seed=st.integers(0, 2**16), steps=st.integers(1, 3))
 def test_train_steps_then_drop_then_grow(config: SpaceNetConfig, seed: int, steps: int):

@@ -60,6 +60,7 @@ def test_a_2x2_grid_in_one_program_equals_the_four_separate_runs(data):
     assert len(finals) > 1  # the settings do train differently
 
 
+@pytest.mark.slow
 def test_a_grid_over_the_input_mean_and_sd_in_one_program_equals_the_separate_runs(data):
     from spacenet_jax.running import multiseed
 
@@ -97,6 +98,7 @@ def test_the_traced_settings_compile_once(data):
     assert multiseed.train_epochs_and_rewire._cache_size() == compiled
 
 
+@pytest.mark.slow
 def test_cli_grid_writes_each_setting_ranks_on_validation_and_resumes(tmp_path, data, capsys):
     out = tmp_path / "sweep"
     argv = ["--grid", "learning_rate=0.01,0.05", "--grid", "specific_neurons=2/2,3/3",
