@@ -316,13 +316,14 @@ def load_dataset(
     folder = resolve_data_dir(data_dir)
     files = [] if folder is None else _source_files(name, folder)
     sources = source_fingerprint(files) if files else None
-    cached = _load_cache(name, sources, files[0].parent if files else None)
+    source_folder = files[0].parent if files else None
+    cached = _load_cache(name, sources, source_folder)
     if cached is not None:
         return cached
 
     with _preparation_lock(name) as waited:
         if waited:  # another process prepared it meanwhile: its cache, checked as any other
-            cached = _load_cache(name, sources, files[0].parent if files else None)
+            cached = _load_cache(name, sources, source_folder)
             if cached is not None:
                 return cached
         if name in CIFAR_DATASETS and folder is not None:
