@@ -70,3 +70,18 @@ def test_a_recorded_runs_metrics_follow_from_its_accuracy_matrix(path):
             best = [max(acc[i][j] for i in range(j, T)) for j in range(T - 1)]
             assert run["forgetting"] == pytest.approx(
                 [b - a for b, a in zip(best, acc[-1][:-1], strict=True)])
+
+
+def test_the_wide_variants_figure_is_drawn_from_its_records():
+    """docs/figures/split_cifar10_wide_final_task_accuracy.* (the README's figure of the wide CNN)
+    holds, for each of its two bars, exactly the seeds and accuracies of the kept record; a record
+    that gains a seed without the figure being drawn again fails here."""
+    figure = json.loads(
+        (ROOT / "docs" / "figures" / "split_cifar10_wide_final_task_accuracy.json").read_text())
+    records = ["split_cifar10_wide_per_task", "split_cifar10_wide_rel_w0.5"]
+    assert len(figure["methods"]) == len(records)
+    for label, record in zip(figure["methods"], records, strict=True):
+        runs = load_results(ROOT / "docs" / "runs" / record / "results.json")["runs"]
+        assert figure["seeds"][label] == [r["seed"] for r in runs], label
+        expected = [r["final_task_acc"] + [r["final_avg_acc"]] for r in runs]
+        np.testing.assert_allclose(figure["per_seed"][label], expected, rtol=1e-9, err_msg=label)
