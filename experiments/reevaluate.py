@@ -8,7 +8,9 @@ folder ``CHECKPOINT_DIR/seed_<s>``, the state after task t is evaluated on the t
 with ``--inference`` would have evaluated it, the biases each task ended with coming from its
 own checkpoint. ``OUT/results.json`` then holds exactly the records that run would have written
 (training time copied from the checkpoints; ``reevaluated_from`` says where they come from),
-and ``OUT/final_task_accuracy.png`` its figure.
+and ``OUT/final_task_accuracy.png`` its figure. An ``OUT/results.json`` holding a seed that
+is not scored here is refused (it would be replaced); score into a new folder and join the two
+with ``python -m experiments.combine``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from spacenet_jax.storage.results_io import (
     provenance,
     write_json_atomic,
 )
+from spacenet_jax.storage.results_schema import ResultsFormatError, load_results
 
 
 def with_task_biases(
@@ -148,6 +151,25 @@ def seed_folders(checkpoint_dir: Path) -> tuple[list[Path], list[tuple[Path, int
     return finished, unfinished
 
 
+def check_no_seed_is_lost(results_path: Path, folders: list[Path]) -> None:
+    """Refuse, before any work, an ``--out`` whose ``results.json`` holds a seed that this call
+    does not score: the file is replaced by the seeds scored here, so that seed's record would
+    be lost. Scoring the same seeds again into the same folder (after a crash) is allowed."""
+    if not results_path.exists():
+        return
+    try:
+        held = {run["seed"] for run in load_results(results_path)["runs"]}
+    except ResultsFormatError as err:
+        refuse(f"--out already holds {results_path}, which is not a readable results.json "
+               f"({err}); choose another --out")
+    scored = {int(folder.name.split("_")[1]) for folder in folders}
+    if lost := sorted(held - scored):
+        refuse(f"--out already holds {results_path} with seed(s) "
+               f"{', '.join(map(str, lost))}, which this call does not score (no checkpoints of "
+               f"theirs here); writing there would lose them. Choose another --out and join "
+               f"the two with python -m experiments.combine")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint_dir", type=Path, help="the run's --checkpoint-dir")
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not folders:
         refuse(f"no seed_<s> folder in {args.checkpoint_dir} holds the checkpoints of every "
                f"task" + (" (only unfinished runs, above)" if unfinished else ""))
+    check_no_seed_is_lost(args.out / "results.json", folders)
     try:
         check_output_folder(args.out)
         dataset = load_dataset(read_metadata(folders[0])["dataset"], args.data_dir,

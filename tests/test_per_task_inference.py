@@ -200,3 +200,46 @@ def test_reevaluate_shows_progress_and_keeps_each_seed_as_it_finishes(tmp_path, 
     kept = load_results(tmp_path / "part" / "results.json")["runs"]
     assert [r["seed"] for r in kept] == [0]
     assert kept[0]["acc_matrix"] == payload["runs"][0]["acc_matrix"]
+
+
+def test_reevaluate_refuses_an_out_whose_results_hold_a_seed_it_does_not_score(tmp_path,
+                                                                               capsys,
+                                                                               monkeypatch):
+    """``--out`` is replaced by the seeds scored, so a results.json there with another seed
+    (a kept record of earlier seeds) is refused before any work and left as it was; scoring
+    the same seeds into the same folder again is allowed."""
+    import shutil
+
+    import experiments.reevaluate as reevaluate
+
+    data = data_for(TINY)
+    for seed in (0, 1):
+        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
+            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
+                              benchmark="synthetic")
+    monkeypatch.setattr(reevaluate, "load_dataset", lambda *args, **kwargs: data)
+    out = tmp_path / "kept"
+    reevaluate.main([str(tmp_path / "ckpt"), "--inference", "per_task", "--quiet",
+                     "--out", str(out)])
+    kept = (out / "results.json").read_bytes()
+    capsys.readouterr()
+
+    shutil.copytree(seed_dir(tmp_path / "ckpt", 1), seed_dir(tmp_path / "only_1", 1))
+    with pytest.raises(SystemExit):
+        reevaluate.main([str(tmp_path / "only_1"), "--inference", "per_task", "--quiet",
+                         "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "with seed(s) 0, which this call does not score" in err
+    assert "experiments.combine" in err
+    assert (out / "results.json").read_bytes() == kept
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        reevaluate.main([str(tmp_path / "only_1"), "--inference", "per_task", "--quiet",
+                         "--out", str(tmp_path / "bad")])
+    assert "not a readable results.json" in capsys.readouterr().err
+
+    again = reevaluate.main([str(tmp_path / "ckpt"), "--inference", "per_task", "--quiet",
+                             "--out", str(out)])
+    assert [r["seed"] for r in again["runs"]] == [0, 1]
