@@ -40,6 +40,7 @@ from spacenet_jax.storage.checkpoint import (
     read_metadata,
     restore_task,
     saved_tasks,
+    seed_of_dir,
 )
 from spacenet_jax.storage.data import (
     DatasetError,
@@ -142,7 +143,7 @@ def seed_folders(checkpoint_dir: Path) -> tuple[list[Path], list[tuple[Path, int
     learned = {d: len(saved_tasks(d)) for d in checkpoint_dir.glob("seed_*")}
     finished, unfinished = [], []
     for folder in sorted((d for d, n in learned.items() if n),
-                         key=lambda d: int(d.name.split("_")[1])):
+                         key=seed_of_dir):
         total = config_from_dict(read_metadata(folder)["config"]).num_tasks
         if learned[folder] < total:
             unfinished.append((folder, learned[folder], total))
@@ -162,7 +163,7 @@ def check_no_seed_is_lost(results_path: Path, folders: list[Path]) -> None:
     except ResultsFormatError as err:
         refuse(f"--out already holds {results_path}, which is not a readable results.json "
                f"({err}); choose another --out")
-    scored = {int(folder.name.split("_")[1]) for folder in folders}
+    scored = {seed_of_dir(folder) for folder in folders}
     if lost := sorted(held - scored):
         refuse(f"--out already holds {results_path} with seed(s) "
                f"{', '.join(map(str, lost))}, which this call does not score (no checkpoints of "

@@ -112,6 +112,14 @@ def test_checkpoint_round_trip_keeps_the_task_biases(tmp_path):
         restore_task(seed_dir(tmp_path, 0), TINY, 0, benchmark="synthetic")
 
 
+def checkpoint_seeds(checkpoint_dir, data, seeds):
+    """Train TINY on ``data`` for each seed, with a checkpoint after every task."""
+    for seed in seeds:
+        with TaskCheckpointer(checkpoint_dir, TINY, seed, benchmark="synthetic") as ck:
+            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
+                              benchmark="synthetic")
+
+
 def test_reevaluate_skips_a_seed_still_training_and_refuses_when_none_is_finished(
         tmp_path, capsys):
     """A seed whose run is still in progress (fewer task checkpoints than tasks) is skipped with
@@ -123,10 +131,7 @@ def test_reevaluate_skips_a_seed_still_training_and_refuses_when_none_is_finishe
     from experiments.reevaluate import seed_folders
 
     data = data_for(TINY)
-    for seed in (0, 1):
-        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
-            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
-                              benchmark="synthetic")
+    checkpoint_seeds(tmp_path / "ckpt", data, seeds=(0, 1))
     T = TINY.num_tasks
     for step in range(2, T + 1):  # seed 1 as if still learning its second task
         shutil.rmtree(seed_dir(tmp_path / "ckpt", 1) / str(step))
@@ -169,10 +174,7 @@ def test_reevaluate_shows_progress_and_keeps_each_seed_as_it_finishes(tmp_path, 
     from spacenet_jax.storage.results_schema import load_results
 
     data = data_for(TINY)
-    for seed in (0, 1):
-        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
-            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
-                              benchmark="synthetic")
+    checkpoint_seeds(tmp_path / "ckpt", data, seeds=(0, 1))
     monkeypatch.setattr(reevaluate, "load_dataset", lambda *args, **kwargs: data)
     args = [str(tmp_path / "ckpt"), "--inference", "per_task"]
     payload = reevaluate.main([*args, "--out", str(tmp_path / "all")])
@@ -213,10 +215,7 @@ def test_reevaluate_refuses_an_out_whose_results_hold_a_seed_it_does_not_score(t
     import experiments.reevaluate as reevaluate
 
     data = data_for(TINY)
-    for seed in (0, 1):
-        with TaskCheckpointer(tmp_path / "ckpt", TINY, seed, benchmark="synthetic") as ck:
-            run_task_sequence(TINY, data, seed, progress=False, on_task_end=ck,
-                              benchmark="synthetic")
+    checkpoint_seeds(tmp_path / "ckpt", data, seeds=(0, 1))
     monkeypatch.setattr(reevaluate, "load_dataset", lambda *args, **kwargs: data)
     out = tmp_path / "kept"
     reevaluate.main([str(tmp_path / "ckpt"), "--inference", "per_task", "--quiet",

@@ -72,6 +72,11 @@ def seed_dir(checkpoint_dir: str | Path, seed: int) -> Path:
     return Path(checkpoint_dir) / f"seed_{seed}"
 
 
+def seed_of_dir(folder: str | Path) -> int:
+    """The seed a ``seed_<seed>`` folder holds (the inverse of ``seed_dir``)."""
+    return int(Path(folder).name.removeprefix("seed_"))
+
+
 def _ocp():
     # orbax is imported lazily: it is slow to import and only checkpointing needs it.
     import orbax.checkpoint as ocp
